@@ -1,0 +1,87 @@
+// Package core holds what every part of mpsync shares: the error values,
+// lock-name validation and the timing model of DESIGN.md. It imports nothing
+// outside the standard library, so the SDK, the fake, the HTTP transport and
+// the elector can all use it without pulling each other in.
+package core
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// The error values shared by the SDK, its transports and the elector. The
+// root package re-exports them; compare with errors.Is.
+var (
+	ErrLocked      = errors.New("mpsync: lock held by another holder")
+	ErrLockLost    = errors.New("mpsync: lock lost")
+	ErrUnlocked    = errors.New("mpsync: lock released by Unlock")
+	ErrNotHeld     = errors.New("mpsync: lock not held")
+	ErrInvalidName = errors.New("mpsync: invalid lock name")
+	ErrExpired     = errors.New("mpsync: lease validity expired before renewal")
+	ErrRevoked     = errors.New("mpsync: lease revoked")
+	ErrUnavailable = errors.New("mpsync: elector unavailable")
+	ErrClosed      = errors.New("mpsync: closed")
+	ErrBusy        = errors.New("mpsync: Lock already holds or is acquiring")
+	ErrRunning     = errors.New("mpsync: Election already running")
+)
+
+// MaxNameLength is the longest lock name: a Kubernetes object name.
+const MaxNameLength = 253
+
+var subdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+// ValidateName reports whether name can name a lock: a DNS-1123 subdomain
+// (lower-case letters, digits, '-' and '.', starting and ending with a letter
+// or digit, at most 253 characters), which is what a Lease name must be. The
+// error wraps ErrInvalidName.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty", ErrInvalidName)
+	case len(name) > MaxNameLength:
+		return fmt.Errorf("%w: %d characters, at most %d", ErrInvalidName, len(name), MaxNameLength)
+	case !subdomain.MatchString(name):
+		return fmt.Errorf("%w: %q is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// Rho is the assumed bound on the rate drift between any two clocks in the
+// system: 1% (a clock may run up to 1% fast or slow against another).
+const Rho = 0.01
+
+// Margin is subtracted from every validity on top of the drift allowance, to
+// cover scheduling delay between a timer firing and the holder noticing.
+const Margin = 250 * time.Millisecond
+
+// MinLease is the shortest lease duration the timing model accepts: below it
+// Margin would eat most of the validity.
+const MinLease = time.Second
+
+// Validity is how long a holder may act on a lease of duration d, counted
+// from the moment it sent the request that wrote the lease:
+// d*(1-2*Rho) - Margin, never negative.
+func Validity(d time.Duration) time.Duration {
+	v := time.Duration(float64(d)*(1-2*Rho)) - Margin
+	if v < 0 {
+		return 0
+	}
+	return v
+}
+
+// Request asks a lock table or backend for a lock.
+type Request struct {
+	Name     string        // the lock; must pass ValidateName
+	Identity string        // who will hold it; must not be empty
+	Wait     bool          // wait for the lock instead of failing with ErrLocked
+	Lease    time.Duration // lease duration; 0 means the backend's default
+}
+
+// Holder is the state of a lock as watchers see it. Identity is empty when
+// the lock is free; Token is then the token of the last holder (0 if none).
+type Holder struct {
+	Identity string
+	Token    uint64
+}

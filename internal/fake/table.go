@@ -1,0 +1,400 @@
+// Package fake is an in-memory lock table: the authority behind the SDK's
+// public test double (package mpsynctest) and the elector's memory backend.
+//
+// It implements the same semantics as the distributed backends: at most one
+// holder per lock, a fencing token that grows with every acquisition, leases
+// that expire when not renewed within their duration, FIFO hand-off to
+// waiters, and watchers that learn of every change of holder. It has no
+// sockets and uses only the standard library's timers, so testing/synctest
+// can drive it.
+package fake
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// Table is an in-memory lock table. Create it with NewTable; it is safe for
+// concurrent use. Close it to end every lease and wake every waiter.
+type Table struct {
+	lease time.Duration
+
+	mu       sync.Mutex
+	locks    map[string]*entry
+	sessions uint64
+	closed   bool
+}
+
+type entry struct {
+	token    uint64 // token of the latest acquisition
+	held     *Grant
+	waiters  []*waiter
+	watchers map[chan struct{}]struct{}
+}
+
+type waiter struct {
+	req   core.Request
+	grant chan *Grant // buffered; nil grant means the table closed
+}
+
+// NewTable returns an empty table whose leases last lease unless a core.Request
+// says otherwise. lease must be at least core.MinLease.
+func NewTable(lease time.Duration) (*Table, error) {
+	if lease < core.MinLease {
+		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", lease, core.MinLease)
+	}
+	return &Table{lease: lease, locks: make(map[string]*entry)}, nil
+}
+
+// LeaseDuration is the table's default lease duration.
+func (t *Table) LeaseDuration() time.Duration { return t.lease }
+
+func (t *Table) entryLocked(name string) *entry {
+	e := t.locks[name]
+	if e == nil {
+		e = &entry{watchers: make(map[chan struct{}]struct{})}
+		t.locks[name] = e
+	}
+	return e
+}
+
+// Acquire takes the lock for req.Identity. If the lock is free and nobody
+// waits for it, it is granted at once. Otherwise, without req.Wait it fails
+// with an error wrapping core.ErrLocked that names the holder; with req.Wait
+// it queues behind earlier waiters until granted, ctx ends (ctx.Err(), and
+// nothing is left held) or the table closes (core.ErrClosed).
+//
+// The grant's Validity counts from the moment Acquire was called.
+func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
+	if err := core.ValidateName(req.Name); err != nil {
+		return nil, err
+	}
+	if req.Identity == "" {
+		return nil, fmt.Errorf("fake: empty identity")
+	}
+	if req.Lease == 0 {
+		req.Lease = t.lease
+	}
+	if req.Lease < core.MinLease {
+		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", req.Lease, core.MinLease)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, core.ErrClosed
+	}
+	e := t.entryLocked(req.Name)
+	if e.held == nil && len(e.waiters) == 0 {
+		g := t.grantLocked(e, req)
+		t.mu.Unlock()
+		return g, nil
+	}
+	if !req.Wait {
+		holder := "a waiter"
+		if e.held != nil {
+			holder = strconv.Quote(e.held.identity)
+		}
+		t.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s holds %q", core.ErrLocked, holder, req.Name)
+	}
+	w := &waiter{req: req, grant: make(chan *Grant, 1)}
+	e.waiters = append(e.waiters, w)
+	t.mu.Unlock()
+
+	select {
+	case g := <-w.grant:
+		if g == nil {
+			return nil, core.ErrClosed
+		}
+		return g, nil
+	case <-ctx.Done():
+	}
+	t.mu.Lock()
+	for i, x := range e.waiters {
+		if x == w {
+			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
+			t.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+	t.mu.Unlock()
+	// Granted (or closed) as ctx ended: give it straight back.
+	if g := <-w.grant; g != nil {
+		g.end(nil)
+	}
+	return nil, ctx.Err()
+}
+
+func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
+	e.token++
+	t.sessions++
+	g := &Grant{
+		t:        t,
+		e:        e,
+		name:     req.Name,
+		identity: req.Identity,
+		session:  "s" + strconv.FormatUint(t.sessions, 10),
+		token:    e.token,
+		lease:    req.Lease,
+		done:     make(chan struct{}),
+	}
+	g.armLocked()
+	e.held = g
+	t.notifyLocked(e)
+	return g
+}
+
+func (t *Table) notifyLocked(e *entry) {
+	for ch := range e.watchers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Holder returns the current holder of name, and false if nobody holds it.
+func (t *Table) Holder(name string) (core.Holder, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.locks[name]
+	if e == nil || e.held == nil {
+		return core.Holder{}, false
+	}
+	return core.Holder{Identity: e.held.identity, Token: e.held.token}, true
+}
+
+// Revoke ends the current lease on name as a real loss would (the holder's
+// Done channel closes and Err reports core.ErrRevoked) and hands the lock to
+// the next waiter. It reports whether there was a holder.
+func (t *Table) Revoke(name string) bool {
+	t.mu.Lock()
+	e := t.locks[name]
+	var g *Grant
+	if e != nil {
+		g = e.held
+	}
+	t.mu.Unlock()
+	if g == nil {
+		return false
+	}
+	return g.end(core.ErrRevoked)
+}
+
+// Stats reports how many locks are held and how many callers wait.
+func (t *Table) Stats() (held, waiting int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.locks {
+		if e.held != nil {
+			held++
+		}
+		waiting += len(e.waiters)
+	}
+	return held, waiting
+}
+
+// Watch calls fn with the state of name, then again after every change of
+// holder, until ctx ends (it returns ctx.Err()) or the table closes
+// (core.ErrClosed). A slow fn does not block the table: changes that happen
+// while it runs coalesce, and the next call gets the latest state. fn is
+// called from the goroutine that called Watch, never with a lock held.
+func (t *Table) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	if err := core.ValidateName(name); err != nil {
+		return err
+	}
+	ch := make(chan struct{}, 1)
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return core.ErrClosed
+	}
+	e := t.entryLocked(name)
+	e.watchers[ch] = struct{}{}
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		delete(e.watchers, ch)
+		t.mu.Unlock()
+	}()
+
+	var last core.Holder
+	first := true
+	for {
+		t.mu.Lock()
+		closed := t.closed
+		var h core.Holder
+		if e.held != nil {
+			h = core.Holder{Identity: e.held.identity, Token: e.held.token}
+		} else {
+			h = core.Holder{Token: e.token}
+		}
+		t.mu.Unlock()
+		if closed {
+			return core.ErrClosed
+		}
+		if first || h != last {
+			first = false
+			last = h
+			fn(h)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Close ends every lease (their Err reports core.ErrClosed), fails every
+// waiting Acquire with core.ErrClosed and ends every Watch. Later calls fail
+// with core.ErrClosed. Close is idempotent.
+func (t *Table) Close() {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.closed = true
+	var held []*Grant
+	for _, e := range t.locks {
+		if e.held != nil {
+			held = append(held, e.held)
+		}
+		for _, w := range e.waiters {
+			w.grant <- nil
+		}
+		e.waiters = nil
+		t.notifyLocked(e)
+	}
+	t.mu.Unlock()
+	for _, g := range held {
+		g.end(core.ErrClosed)
+	}
+}
+
+// Grant is one acquisition of a lock: a lease that lasts until released,
+// revoked, or not renewed within its duration. It is safe for concurrent use.
+type Grant struct {
+	t        *Table
+	e        *entry
+	name     string
+	identity string
+	session  string
+	token    uint64
+	lease    time.Duration
+	done     chan struct{}
+
+	// guarded by t.mu
+	timer *time.Timer
+	gen   uint64 // bumped by every renewal; a timer of an older generation is stale
+	ended bool
+	err   error
+}
+
+func (g *Grant) armLocked() {
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	g.gen++
+	gen := g.gen
+	g.timer = time.AfterFunc(g.lease, func() {
+		g.t.mu.Lock()
+		stale := g.gen != gen
+		g.t.mu.Unlock()
+		if !stale {
+			g.end(core.ErrExpired)
+		}
+	})
+}
+
+// Name is the lock's name.
+func (g *Grant) Name() string { return g.name }
+
+// Identity is the holder's identity.
+func (g *Grant) Identity() string { return g.identity }
+
+// Session is unique to this acquisition within the table.
+func (g *Grant) Session() string { return g.session }
+
+// Token is the fencing token: greater than that of every earlier
+// acquisition of the same lock in this table.
+func (g *Grant) Token() uint64 { return g.token }
+
+// Validity is how long the holder may act on the lease, counted from when
+// it asked for it: core.Validity of the lease duration.
+func (g *Grant) Validity() time.Duration { return core.Validity(g.lease) }
+
+// Done is closed when the lease ends for any reason.
+func (g *Grant) Done() <-chan struct{} { return g.done }
+
+// Err is nil while the lease lasts and after a release; after a loss it
+// says why: core.ErrRevoked, core.ErrExpired or core.ErrClosed.
+func (g *Grant) Err() error {
+	g.t.mu.Lock()
+	defer g.t.mu.Unlock()
+	return g.err
+}
+
+// Renew extends the lease by its full duration from now and returns the
+// validity, counted from when Renew was called. It fails with an error
+// wrapping core.ErrLockLost once the lease has ended.
+func (g *Grant) Renew(ctx context.Context) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	g.t.mu.Lock()
+	defer g.t.mu.Unlock()
+	if g.ended {
+		reason := g.err
+		if reason == nil {
+			reason = core.ErrNotHeld
+		}
+		return 0, fmt.Errorf("%w: %w", core.ErrLockLost, reason)
+	}
+	g.armLocked()
+	return core.Validity(g.lease), nil
+}
+
+// Release ends the lease and hands the lock to the next waiter. Releasing a
+// lease that has already ended does nothing and returns nil.
+func (g *Grant) Release(ctx context.Context) error {
+	g.end(nil)
+	return nil
+}
+
+// end ends the lease with reason (nil for a release) and reports whether it
+// was still live.
+func (g *Grant) end(reason error) bool {
+	t := g.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if g.ended {
+		return false
+	}
+	g.ended = true
+	g.err = reason
+	g.timer.Stop()
+	close(g.done)
+	e := g.e
+	if e.held == g {
+		e.held = nil
+		if len(e.waiters) > 0 && !t.closed {
+			w := e.waiters[0]
+			e.waiters = e.waiters[1:]
+			w.grant <- t.grantLocked(e, w.req)
+		} else {
+			t.notifyLocked(e)
+		}
+	}
+	return true
+}
