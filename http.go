@@ -1,0 +1,33 @@
+package mpsync
+
+import (
+	"context"
+
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/transport"
+)
+
+// httpTransport adapts the elector's HTTP client to Transport.
+type httpTransport struct {
+	c *transport.Client
+}
+
+func newHTTPTransport(addr string) (Transport, error) {
+	c, err := transport.New(addr)
+	if err != nil {
+		return nil, err
+	}
+	return httpTransport{c}, nil
+}
+
+func (t httpTransport) Acquire(ctx context.Context, name, identity string, wait bool) (Lease, error) {
+	l, err := t.c.Acquire(ctx, name, identity, wait)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (t httpTransport) Watch(ctx context.Context, name string, fn func(Holder)) error {
+	return t.c.Watch(ctx, name, func(h core.Holder) { fn(Holder(h)) })
+}

@@ -1,0 +1,298 @@
+package mpsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// releaseTimeout bounds the release that follows the end of a term.
+const releaseTimeout = 5 * time.Second
+
+// A Lock is a distributed lock with a name. A process holds it between a
+// successful Lock or TryLock and the end of the leadership context they
+// return. Create Locks with NewLock; the zero value is not usable. A Lock is
+// safe for concurrent use, and is not reentrant: while it holds or is
+// acquiring its lock, Lock and TryLock fail with ErrBusy.
+type Lock struct {
+	name string
+	cfg  *config
+
+	mu   sync.Mutex
+	busy bool  // a Lock or TryLock is under way
+	term *term // the latest term, until Unlock
+}
+
+// NewLock returns a Lock for the lock name, which must be a DNS-1123
+// subdomain (ErrInvalidName otherwise). It does not contact the elector.
+func NewLock(name string, opts ...Option) (*Lock, error) {
+	cfg, err := newConfig(name, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Lock{name: name, cfg: cfg}, nil
+}
+
+// Name is the lock's name.
+func (l *Lock) Name() string { return l.name }
+
+// Identity is who this Lock holds the lock as.
+func (l *Lock) Identity() string { return l.cfg.identity }
+
+// Lock blocks until this Lock holds the lock, or ctx ends (it then returns
+// ctx.Err() and holds nothing). It returns the leadership context, derived
+// from ctx, which ends when the lock is lost (context.Cause wraps
+// ErrLockLost), on Unlock (the cause is ErrUnlocked), or when ctx ends,
+// which releases the lock. It also ends on its own at the local validity
+// deadline if no renewal arrives in time, whatever the transport does.
+// While the context lasts, the Lock renews the lease in the background.
+//
+// Lock returns an error wrapping ErrUnavailable, naming the address, if the
+// elector cannot be reached; it does not retry that.
+func (l *Lock) Lock(ctx context.Context) (context.Context, error) {
+	return l.lock(ctx, true)
+}
+
+// TryLock is Lock without the wait: if another holder has the lock it
+// returns an error wrapping ErrLocked at once.
+func (l *Lock) TryLock(ctx context.Context) (context.Context, error) {
+	return l.lock(ctx, false)
+}
+
+func (l *Lock) lock(ctx context.Context, wait bool) (context.Context, error) {
+	l.mu.Lock()
+	if l.busy || (l.term != nil && l.term.ctx.Err() == nil) {
+		l.mu.Unlock()
+		return nil, ErrBusy
+	}
+	old := l.term
+	l.term = nil
+	l.busy = true
+	l.mu.Unlock()
+	if old != nil {
+		<-old.done // the last term ended on its own; let its keeper finish
+	}
+
+	t, err := acquire(ctx, l.cfg, l.name, wait)
+
+	l.mu.Lock()
+	l.busy = false
+	l.term = t
+	l.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return t.ctx, nil
+}
+
+// Unlock ends the leadership context (its cause becomes ErrUnlocked), then
+// releases the lock, and returns once the release is done; its error is
+// the release's. After the lock was lost, Unlock only forgets the term and
+// returns nil. It returns ErrNotHeld if there is no term to end.
+func (l *Lock) Unlock() error {
+	l.mu.Lock()
+	t := l.term
+	l.term = nil
+	l.mu.Unlock()
+	if t == nil {
+		return ErrNotHeld
+	}
+	t.cancel(ErrUnlocked)
+	<-t.done
+	return t.releaseErr
+}
+
+// term is one holding of a lock: its leadership context, and the keeper
+// goroutine that renews it and releases it at the end.
+type term struct {
+	ctx        *leaseCtx
+	cancel     context.CancelCauseFunc
+	done       chan struct{} // closed when the keeper has exited
+	releaseErr error         // set before done is closed
+}
+
+// acquire gets the lock through cfg.transport and starts its term.
+func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, error) {
+	for {
+		start := time.Now()
+		lease, err := cfg.transport.Acquire(ctx, name, cfg.identity, wait)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("mpsync: acquire %q: %w", name, err)
+		}
+		deadline := start.Add(lease.Validity())
+		if v := lease.Validity(); time.Until(deadline) < v/2 {
+			// The wait ate much of the validity that counts from the
+			// request: renew now for a fresh deadline before acting.
+			sent := time.Now()
+			rctx, cancel := context.WithTimeout(ctx, v)
+			v, err = lease.Renew(rctx)
+			cancel()
+			if err != nil {
+				release(cfg, lease)
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				if wait && errors.Is(err, ErrLockLost) {
+					cfg.logger.Info("lost the lock before the first renewal; waiting again", zap.Error(err))
+					continue
+				}
+				return nil, fmt.Errorf("mpsync: renew %q after acquiring: %w", name, err)
+			}
+			deadline = sent.Add(v)
+		}
+		if err := ctx.Err(); err != nil {
+			release(cfg, lease)
+			return nil, err
+		}
+		cfg.logger.Debug("acquired", zap.Uint64("token", lease.Token()))
+		return startTerm(ctx, cfg, lease, deadline), nil
+	}
+}
+
+func release(cfg *config, lease Lease) error {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	err := lease.Release(ctx)
+	if err != nil {
+		cfg.logger.Warn("release failed; the lease will expire", zap.Error(err))
+	}
+	return err
+}
+
+// lostCause turns the reason a lease ended into a cause wrapping ErrLockLost.
+func lostCause(err error) error {
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: lease ended", ErrLockLost)
+	case errors.Is(err, ErrLockLost):
+		return err
+	default:
+		return fmt.Errorf("%w: %w", ErrLockLost, err)
+	}
+}
+
+func startTerm(parent context.Context, cfg *config, lease Lease, deadline time.Time) *term {
+	inner, cancel := context.WithCancelCause(parent)
+	ctx := &leaseCtx{Context: inner, cancel: cancel, token: lease.Token()}
+	ctx.deadline.Store(&deadline)
+	t := &term{ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	// The local deadline is enforced by a timer of its own, so that it
+	// holds even while the keeper is stuck in a transport call.
+	expiry := time.AfterFunc(time.Until(deadline), func() { cancel(errExpired) })
+	go t.keep(cfg, lease, ctx, expiry)
+	return t
+}
+
+var errExpired = fmt.Errorf("%w: %w", ErrLockLost, ErrExpired)
+
+// leaseCtx is a leadership context. On top of cancellation it checks the
+// local validity deadline whenever it is looked at (Done, Err), so that a
+// process resumed after a pause (SIGSTOP, a long GC) sees its term over at
+// once, even before its timers have run.
+type leaseCtx struct {
+	context.Context
+	cancel   context.CancelCauseFunc
+	token    uint64
+	deadline atomic.Pointer[time.Time]
+}
+
+type validKey struct{}
+
+func (c *leaseCtx) check() {
+	if !time.Now().Before(*c.deadline.Load()) {
+		c.cancel(errExpired)
+	}
+}
+
+func (c *leaseCtx) Done() <-chan struct{} {
+	c.check()
+	return c.Context.Done()
+}
+
+func (c *leaseCtx) Err() error {
+	c.check()
+	return c.Context.Err()
+}
+
+func (c *leaseCtx) Value(key any) any {
+	switch key.(type) {
+	case tokenKey:
+		return c.token
+	case validKey:
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// ValidUntil returns the local instant until which the holder of the
+// leadership context ctx (or of a context derived from it) may act on the
+// lock, as of the latest renewal; each renewal moves it later. It returns
+// false if ctx is not a leadership context. A caller that starts an
+// operation on a shared resource can bound it by this instant; what must
+// not run after a loss at all needs the fencing token.
+func ValidUntil(ctx context.Context) (time.Time, bool) {
+	c, ok := ctx.Value(validKey{}).(*leaseCtx)
+	if !ok {
+		return time.Time{}, false
+	}
+	return *c.deadline.Load(), true
+}
+
+// keep renews the lease at a third of its validity until the term ends,
+// then releases it.
+func (t *term) keep(cfg *config, lease Lease, ctx *leaseCtx, expiry *time.Timer) {
+	defer close(t.done)
+	defer expiry.Stop()
+	renew := time.NewTimer(time.Until(*ctx.deadline.Load()) / 3)
+	defer renew.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			// Unlock, the parent context, or the local deadline. The
+			// context is done before the release leaves: no overlap.
+			cfg.logger.Debug("term ended", zap.Error(context.Cause(t.ctx)))
+			t.releaseErr = release(cfg, lease)
+			return
+		case <-lease.Done():
+			cause := lostCause(lease.Err())
+			t.cancel(cause)
+			cfg.logger.Warn("lock lost", zap.Error(cause))
+			return
+		case <-renew.C:
+			sent := time.Now()
+			deadline := *ctx.deadline.Load()
+			rctx, cancel := context.WithDeadline(t.ctx, deadline)
+			v, err := lease.Renew(rctx)
+			cancel()
+			switch {
+			case err == nil && v > 0:
+				if !expiry.Stop() {
+					continue // the deadline passed first; the term is over
+				}
+				deadline = sent.Add(v)
+				ctx.deadline.Store(&deadline)
+				expiry.Reset(time.Until(deadline))
+				renew.Reset(v / 3)
+			case errors.Is(err, ErrLockLost):
+				t.cancel(lostCause(err))
+				cfg.logger.Warn("lock lost", zap.Error(err))
+				return
+			default:
+				if err == nil {
+					err = fmt.Errorf("transport returned validity %v", v)
+				}
+				retry := min(time.Until(deadline)/4, time.Second)
+				cfg.logger.Info("renewal failed; retrying", zap.Error(err), zap.Duration("retry", retry))
+				renew.Reset(max(retry, 10*time.Millisecond))
+			}
+		}
+	}
+}

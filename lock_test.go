@@ -1,0 +1,300 @@
+package mpsync_test
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/mpsynctest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// stuckTransport wraps a transport so that, once stuck is set, Renew
+// blocks until the test ends, ignoring its context, like a transport to a
+// paused elector with no timeouts.
+type stuckTransport struct {
+	mpsync.Transport
+	stuck   *atomic.Bool
+	renews  *atomic.Int32
+	release chan struct{}
+}
+
+func (s stuckTransport) Acquire(ctx context.Context, name, id string, wait bool) (mpsync.Lease, error) {
+	l, err := s.Transport.Acquire(ctx, name, id, wait)
+	if err != nil {
+		return nil, err
+	}
+	return stuckLease{l, s}, nil
+}
+
+type stuckLease struct {
+	mpsync.Lease
+	s stuckTransport
+}
+
+func (l stuckLease) Renew(ctx context.Context) (time.Duration, error) {
+	l.s.renews.Add(1)
+	if l.s.stuck.Load() {
+		<-l.s.release
+		return 0, errors.New("stuck")
+	}
+	return l.Lease.Renew(ctx)
+}
+
+func newStuck(f *mpsynctest.Elector) stuckTransport {
+	return stuckTransport{f.Transport(), new(atomic.Bool), new(atomic.Int32), make(chan struct{})}
+}
+
+const lease = 15 * time.Second
+
+func TestRenewalKeepsTheLock(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+		defer f.Close()
+		tr := newStuck(f)
+		l, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("a"))
+		start := time.Now()
+		held, err := l.Lock(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		until, ok := mpsync.ValidUntil(held)
+		if want := start.Add(14450 * time.Millisecond); !ok || !until.Equal(want) {
+			t.Errorf("ValidUntil = %v, %v; want %v", until, ok, want)
+		}
+		time.Sleep(10 * lease)
+		// The last renewal was at most a third of the validity ago.
+		if until, _ = mpsync.ValidUntil(held); time.Until(until) < 9*time.Second {
+			t.Errorf("ValidUntil %v from now after renewals, want at least 9s", time.Until(until))
+		}
+		if _, ok := mpsync.ValidUntil(context.Background()); ok {
+			t.Error("ValidUntil(context.Background()) reported a deadline")
+		}
+		if held.Err() != nil {
+			t.Fatalf("lost the lock while renewing: %v", context.Cause(held))
+		}
+		// Renewal at a third of the validity: about 3 per lease.
+		if n := tr.renews.Load(); n < 25 || n > 35 {
+			t.Errorf("%d renewals in 10 leases, want about 30", n)
+		}
+		if err := l.Unlock(); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.Holder("test"); ok {
+			t.Error("lock still held after Unlock")
+		}
+	})
+}
+
+// The leadership context ends on its own at the local deadline, counted
+// from the last renewal that was sent, even when the transport hangs and
+// ignores contexts.
+func TestLocalDeadlineWithHungTransport(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+		defer f.Close()
+		tr := newStuck(f)
+		l, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("a"))
+		start := time.Now()
+		held, err := l.Lock(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.stuck.Store(true)
+		<-held.Done()
+		elapsed := time.Since(start)
+		// Validity for 15s is 15s*(1-2*1%) - 250ms = 14.45s from the
+		// request; the first renewal hangs, so the term ends then.
+		if want := 14450 * time.Millisecond; elapsed != want {
+			t.Errorf("term ended after %v, want %v", elapsed, want)
+		}
+		if cause := context.Cause(held); !errors.Is(cause, mpsync.ErrLockLost) || !errors.Is(cause, mpsync.ErrExpired) {
+			t.Errorf("cause = %v, want ErrLockLost and ErrExpired", cause)
+		}
+		// The fake still counts the lease as held until its own expiry at
+		// 15 s: the holder stopped first.
+		if _, ok := f.Holder("test"); !ok {
+			t.Error("the elector dropped the lease before the holder's deadline")
+		}
+		time.Sleep(time.Second)
+		if _, ok := f.Holder("test"); ok {
+			t.Error("the elector kept the lease past its duration")
+		}
+		close(tr.release) // let the hung renewal return, so Unlock can
+		l.Unlock()
+	})
+}
+
+func TestElectorClosedEndsTerm(t *testing.T) {
+	f := mpsynctest.NewElector()
+	l, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()))
+	held, err := l.Lock(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	<-held.Done()
+	if cause := context.Cause(held); !errors.Is(cause, mpsync.ErrLockLost) {
+		t.Errorf("cause = %v, want ErrLockLost", cause)
+	}
+	if err := l.Unlock(); err != nil {
+		t.Errorf("Unlock after loss = %v, want nil", err)
+	}
+	if _, err := l.Lock(t.Context()); err == nil {
+		t.Error("Lock on a closed elector succeeded")
+	}
+}
+
+// A waiter that waited longer than half the validity renews before Lock
+// returns, so that its deadline counts from a recent request.
+func TestLongWaitRenewsFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+		defer f.Close()
+		a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
+		tr := newStuck(f)
+		b, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("b"))
+		if _, err := a.Lock(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan context.Context)
+		go func() {
+			held, err := b.Lock(t.Context())
+			if err != nil {
+				t.Error(err)
+			}
+			got <- held
+		}()
+		time.Sleep(2 * lease)
+		a.Unlock()
+		held := <-got
+		if n := tr.renews.Load(); n != 1 {
+			t.Errorf("%d renewals before Lock returned, want 1", n)
+		}
+		start := time.Now()
+		tr.stuck.Store(true)
+		go func() { time.Sleep(time.Hour); close(tr.release) }()
+		<-held.Done()
+		if d := time.Since(start); d != 14450*time.Millisecond {
+			t.Errorf("term lasted %v after the renewal, want 14.45s", d)
+		}
+		tr.stuck.Store(false)
+		b.Unlock()
+		time.Sleep(time.Hour)
+	})
+}
+
+func TestNewLockValidates(t *testing.T) {
+	tests := []struct {
+		name string
+		lock string
+		opts []mpsync.Option
+		want error
+	}{
+		{"upper case", "Test", nil, mpsync.ErrInvalidName},
+		{"empty", "", nil, mpsync.ErrInvalidName},
+		{"slash", "a/b", nil, mpsync.ErrInvalidName},
+		{"too long", strings.Repeat("a", 254), nil, mpsync.ErrInvalidName},
+		{"nil transport", "test", []mpsync.Option{mpsync.WithTransport(nil)}, nil},
+		{"empty identity", "test", []mpsync.Option{mpsync.WithIdentity("")}, nil},
+		{"empty elector", "test", []mpsync.Option{mpsync.WithElector("")}, nil},
+		{"nil logger", "test", []mpsync.Option{mpsync.WithLogger(nil)}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := mpsync.NewLock(tt.lock, tt.opts...)
+			if err == nil {
+				t.Fatal("NewLock succeeded")
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("NewLock = %v, want %v", err, tt.want)
+			}
+			if _, err2 := mpsync.NewElection(tt.lock, tt.opts...); err2 == nil {
+				t.Error("NewElection succeeded")
+			}
+		})
+	}
+}
+
+func TestDefaultIdentity(t *testing.T) {
+	l, err := mpsync.NewLock("test", mpsync.WithTransport(mpsynctest.NewElector().Transport()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := l.Identity(); id == "" || !strings.Contains(id, "-") {
+		t.Errorf("default identity %q, want host-pid", id)
+	}
+}
+
+// The SDK must not compile Kubernetes code into applications.
+func TestNoKubernetesDependency(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".", "./mpsynctest").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasPrefix(p, "k8s.io/") {
+			t.Errorf("the SDK depends on %s", p)
+		}
+	}
+}
+
+// inflated reports, for a waited acquisition, a validity that counts the
+// wait too, as the elector does (it is still safe: the lease was written
+// at the grant, late in the request).
+type inflated struct{ mpsync.Transport }
+
+type inflatedLease struct {
+	mpsync.Lease
+	extra time.Duration
+}
+
+func (l inflatedLease) Validity() time.Duration { return l.Lease.Validity() + l.extra }
+
+func (t inflated) Acquire(ctx context.Context, name, id string, wait bool) (mpsync.Lease, error) {
+	start := time.Now()
+	l, err := t.Transport.Acquire(ctx, name, id, wait)
+	if err != nil {
+		return nil, err
+	}
+	return inflatedLease{l, time.Since(start)}, nil
+}
+
+// Regression: the first renewal is timed from the deadline Lock computed,
+// not from the validity of the acquisition, which may count a long wait.
+func TestFirstRenewalAfterLongWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+		defer f.Close()
+		a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
+		b, _ := mpsync.NewLock("test", mpsync.WithTransport(inflated{f.Transport()}), mpsync.WithIdentity("b"))
+		if _, err := a.Lock(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan context.Context)
+		go func() {
+			held, err := b.Lock(t.Context())
+			if err != nil {
+				t.Error(err)
+			}
+			got <- held
+		}()
+		time.Sleep(3 * lease)
+		a.Unlock()
+		held := <-got
+		time.Sleep(5 * lease)
+		if held.Err() != nil {
+			t.Fatalf("b lost the lock it was renewing: %v", context.Cause(held))
+		}
+		b.Unlock()
+	})
+}

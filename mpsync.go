@@ -1,0 +1,254 @@
+// Package mpsync provides distributed locks and leader election for
+// replicas of a service, backed by an elector sidecar that keeps each lock
+// as a Kubernetes Lease (or, on one machine, in its own memory).
+//
+// A Lock is used like a mutex whose holding is a context:
+//
+//	lock, err := mpsync.NewLock("reports")
+//	held, err := lock.Lock(ctx)  // blocks until this replica holds "reports"
+//	defer lock.Unlock()
+//	writeReport(held)            // stop when held is done: the lock was lost
+//
+// An Election campaigns for a lock until its context ends and reports on a
+// channel whenever this replica becomes leader or follower, and who leads.
+//
+// # Guarantees
+//
+// At no instant do two holders of the same lock both have a leadership
+// context that is not done. A leadership context ends when the lock is
+// lost, released, or its parent ends, and in any case on its own at the
+// local validity deadline: a lease of duration D whose renewal was sent at
+// local monotonic time t is acted on only until t + D*(1-2*rho) - margin,
+// where rho is 1% (the assumed bound on clock rate drift) and margin is
+// 250ms. Another party takes an unreleased lease only after D of its own
+// time since it last saw the lease change, so a holder that is paused,
+// partitioned or whose elector died stops first. Wall-clock timestamps from
+// other hosts never decide anything.
+//
+// Timing cannot fence off a holder that was paused between checking its
+// context and acting on a shared resource. For that, every acquisition
+// carries a fencing token (see FencingToken and Event.Token), strictly
+// greater than that of every earlier acquisition of the same lock; a
+// storage layer that remembers the highest token it has seen can reject
+// writes from a stale holder. A leadership context checks the local
+// deadline whenever its Done or Err is called, so a process resumed after
+// a pause sees its term over at once; ValidUntil tells how long the
+// current term may last without another renewal.
+//
+// # Transports
+//
+// Locks and elections talk to a Transport. By default that is the HTTP
+// transport to the elector at $MPSYNC_ELECTOR, else http://127.0.0.1:13131
+// (see WithElector). Unit tests use the in-memory elector of package
+// mpsynctest through WithTransport.
+package mpsync
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// Errors returned by this package and by its transports. Compare them with
+// errors.Is; the errors returned wrap them with detail.
+var (
+	// ErrLocked is returned by TryLock when another holder has the lock.
+	ErrLocked = core.ErrLocked
+	// ErrLockLost is the context.Cause of a leadership context that ended
+	// because the lock was lost: revoked, expired before a renewal
+	// arrived, or its elector went away. The cause wraps the reason too.
+	ErrLockLost = core.ErrLockLost
+	// ErrUnlocked is the context.Cause of a leadership context ended by
+	// Unlock.
+	ErrUnlocked = core.ErrUnlocked
+	// ErrNotHeld is returned by Unlock when the Lock holds nothing.
+	ErrNotHeld = core.ErrNotHeld
+	// ErrInvalidName is returned for a lock name that is not a DNS-1123
+	// subdomain of at most 253 characters (what a Lease name must be).
+	ErrInvalidName = core.ErrInvalidName
+	// ErrExpired is wrapped in the cause of a leadership context that
+	// reached its local validity deadline with no renewal.
+	ErrExpired = core.ErrExpired
+	// ErrRevoked is wrapped in the cause of a leadership context whose
+	// lease was taken away by the backend or an operator.
+	ErrRevoked = core.ErrRevoked
+	// ErrUnavailable is returned (wrapped, naming the address) when the
+	// elector cannot be reached, and wrapped in the cause of leadership
+	// contexts that ended because it went away.
+	ErrUnavailable = core.ErrUnavailable
+	// ErrBusy is returned by Lock and TryLock on a Lock that already holds
+	// its lock or is acquiring it: locks are not reentrant.
+	ErrBusy = core.ErrBusy
+	// ErrRunning is returned by Run on an Election that is already running
+	// or has run.
+	ErrRunning = core.ErrRunning
+)
+
+// Holder is the state of a lock as a Transport's Watch reports it.
+type Holder struct {
+	// Identity of the current holder; empty when the lock is free.
+	Identity string
+	// Token is the current holder's fencing token, or the last holder's
+	// when the lock is free (0 if it was never held).
+	Token uint64
+}
+
+// Transport carries locks between this package and an elector. Each method
+// is one exchange: it does not retry, renew or deliver events on its own;
+// Lock and Election do that. Implementations must be safe for concurrent
+// use. Errors wrap this package's error values: ErrLocked, ErrInvalidName,
+// ErrUnavailable, ErrLockLost.
+type Transport interface {
+	// Acquire asks for the lock name on behalf of identity. If the lock is
+	// free it is granted at once. Otherwise, if wait is false, Acquire
+	// fails with an error wrapping ErrLocked; if wait is true, it blocks
+	// until granted or ctx ends, in which case it returns ctx.Err() and
+	// leaves nothing held. ctx bounds only the acquisition: the returned
+	// Lease lives until released or lost.
+	Acquire(ctx context.Context, name, identity string, wait bool) (Lease, error)
+	// Watch calls fn with the state of the lock name and again after each
+	// change of holder, from the calling goroutine, until ctx ends (it
+	// returns ctx.Err()) or the exchange fails. Changes during a slow fn
+	// coalesce: the next call gets the latest state.
+	Watch(ctx context.Context, name string, fn func(Holder)) error
+}
+
+// Lease is one acquisition of a lock as a Transport holds it. Its methods
+// are safe for concurrent use.
+type Lease interface {
+	// Token is the acquisition's fencing token.
+	Token() uint64
+	// Validity is how long the holder may act on the lease, counted from
+	// when Acquire was called.
+	Validity() time.Duration
+	// Done is closed when the lease ends: lost, released, or the exchange
+	// that carries it broke.
+	Done() <-chan struct{}
+	// Err is nil while the lease lasts and after Release; after a loss it
+	// says why.
+	Err() error
+	// Renew extends the lease and returns its new validity, counted from
+	// when Renew was called. Once the lease is gone it fails with an error
+	// wrapping ErrLockLost; other errors may be transient.
+	Renew(ctx context.Context) (time.Duration, error)
+	// Release gives the lock up. It is a no-op on a lease that has ended.
+	Release(ctx context.Context) error
+}
+
+// An Option configures a Lock or an Election. Options are checked by the
+// constructor, which returns an error for an invalid one.
+type Option func(*config) error
+
+type config struct {
+	transport Transport
+	elector   string // address for the default HTTP transport
+	identity  string
+	logger    *zap.Logger
+}
+
+// DefaultElector is the elector address used when neither WithElector,
+// WithTransport nor $MPSYNC_ELECTOR says otherwise.
+const DefaultElector = "http://127.0.0.1:13131"
+
+// WithTransport makes the Lock or Election use t instead of the HTTP
+// transport to an elector.
+func WithTransport(t Transport) Option {
+	return func(c *config) error {
+		if t == nil {
+			return fmt.Errorf("mpsync: WithTransport(nil)")
+		}
+		c.transport = t
+		return nil
+	}
+}
+
+// WithElector makes the Lock or Election use the HTTP transport to the
+// elector at addr ("http://host:port" or "host:port"). Without it the
+// address is $MPSYNC_ELECTOR, else DefaultElector.
+func WithElector(addr string) Option {
+	return func(c *config) error {
+		if addr == "" {
+			return fmt.Errorf("mpsync: WithElector(\"\")")
+		}
+		c.elector = addr
+		return nil
+	}
+}
+
+// WithIdentity sets who this holder is, as other replicas see it in
+// Event.Leader. The default is the host name and the process ID
+// ("web-7f9c-1234"). Give each Lock or Election of one name in one process
+// its own identity.
+func WithIdentity(id string) Option {
+	return func(c *config) error {
+		if id == "" || len(id) > 253 {
+			return fmt.Errorf("mpsync: WithIdentity(%q): must be 1 to 253 characters", id)
+		}
+		c.identity = id
+		return nil
+	}
+}
+
+// WithLogger makes the Lock or Election log retries and losses to z. The
+// default is silent.
+func WithLogger(z *zap.Logger) Option {
+	return func(c *config) error {
+		if z == nil {
+			return fmt.Errorf("mpsync: WithLogger(nil)")
+		}
+		c.logger = z
+		return nil
+	}
+}
+
+func newConfig(name string, opts []Option) (*config, error) {
+	if err := core.ValidateName(name); err != nil {
+		return nil, err
+	}
+	c := &config{logger: zap.NewNop()}
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
+	if c.identity == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "mpsync"
+		}
+		c.identity = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if c.transport == nil {
+		addr := c.elector
+		if addr == "" {
+			addr = os.Getenv("MPSYNC_ELECTOR")
+		}
+		if addr == "" {
+			addr = DefaultElector
+		}
+		t, err := newHTTPTransport(addr)
+		if err != nil {
+			return nil, err
+		}
+		c.transport = t
+	}
+	c.logger = c.logger.With(zap.String("lock", name), zap.String("identity", c.identity))
+	return c, nil
+}
+
+type tokenKey struct{}
+
+// FencingToken returns the fencing token of the acquisition whose
+// leadership context is ctx (or a context derived from it), and false if
+// ctx is not a leadership context. A later acquisition of the same lock,
+// by anyone, always has a greater token.
+func FencingToken(ctx context.Context) (uint64, bool) {
+	tok, ok := ctx.Value(tokenKey{}).(uint64)
+	return tok, ok
+}
