@@ -1,0 +1,36 @@
+# mpsync: `make demo` runs the demo on the memory backend; `make test` runs
+# every test (it builds and starts the control plane it needs); `make bench`
+# runs the benchmarks.
+GO     ?= go
+BIN    ?= $(CURDIR)/bin
+# The elector's build. Dockerfile.elector runs `make elector` so the image
+# and the binary the tests use cannot drift apart.
+ELECTOR_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/elector ./sidecar/cmd/elector
+STATICCHECK = $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all elector examples demo test lint bench clean
+
+all: elector examples
+
+elector:
+	$(ELECTOR_BUILD)
+
+examples:
+	$(GO) build -o $(BIN)/ ./examples/lock ./examples/election
+
+demo: elector examples
+	hack/demo.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+test: lint elector examples
+	hack/test.sh
+
+bench: elector examples
+	hack/bench.sh
+
+clean:
+	rm -rf $(BIN)
