@@ -1,0 +1,154 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// Lease is one acquisition of a lock through the elector, carried by the
+// acquire stream. It is safe for concurrent use. It owns one goroutine,
+// which reads the stream and ends with the lease.
+type Lease struct {
+	c        *Client
+	name     string
+	session  string
+	token    uint64
+	validity time.Duration
+	cancel   context.CancelFunc // ends the stream's request
+	done     chan struct{}      // closed by run when the lease has ended
+
+	mu        sync.Mutex
+	err       error
+	releasing bool  // Release has been called
+	last      Event // the stream's last line, if it ended with released or lost
+}
+
+// Token is the lease's fencing token: greater than that of every earlier
+// acquisition of the lock.
+func (l *Lease) Token() uint64 { return l.token }
+
+// Validity is how long the holder may act on the lease, counted from when
+// Acquire sent its request (the elector has already subtracted the drift
+// allowance and margin of the timing model).
+func (l *Lease) Validity() time.Duration { return l.validity }
+
+// Done is closed when the lease ends: lost, released, or the stream that
+// carries it broke (the elector is gone). It closes at once when the elector
+// tells of a loss or its connection drops.
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Err is nil while the lease lasts and after a release. After a loss it
+// wraps core.ErrLockLost and the reason: core.ErrRevoked, core.ErrExpired,
+// or core.ErrUnavailable when the elector shut down, its backend failed or
+// the stream broke.
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// run reads the acquire stream until its last line or its end, then ends
+// the lease.
+func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
+	var err error
+	var last Event
+	for {
+		ev, rerr := readEvent(br)
+		if rerr != nil {
+			err = fmt.Errorf("%w: %w: the stream from the elector at %s ended without a release or a loss (elector gone?): %w",
+				core.ErrLockLost, core.ErrUnavailable, l.c.base, rerr)
+			break
+		}
+		if ev.Type == EventReleased {
+			last = ev
+			break
+		}
+		if ev.Type == EventLost {
+			last = ev
+			err = lostError(ev)
+			break
+		}
+		// Other types are for later versions: ignore them.
+	}
+	l.cancel()
+	body.Close()
+	l.mu.Lock()
+	if l.releasing && last.Type != EventLost {
+		err = nil // our own Release ended it, whatever the stream said last
+	}
+	l.err = err
+	l.last = last
+	l.mu.Unlock()
+	close(l.done)
+}
+
+// lostError is the error of a lost event.
+func lostError(ev Event) error {
+	switch ev.Reason {
+	case ReasonRevoked:
+		return fmt.Errorf("%w: %w", core.ErrLockLost, core.ErrRevoked)
+	case ReasonExpired:
+		return fmt.Errorf("%w: %w", core.ErrLockLost, core.ErrExpired)
+	case ReasonShutdown, ReasonBackend:
+		return fmt.Errorf("%w: %w: %s", core.ErrLockLost, core.ErrUnavailable, ev.Error)
+	}
+	return fmt.Errorf("%w: %s", core.ErrLockLost, ev.Error)
+}
+
+func (l *Lease) ended() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Renew sends one renew request and returns the lease's new validity,
+// counted from when Renew sent it. Once the lease has ended, here or at the
+// elector, it fails with an error wrapping core.ErrLockLost; an error
+// wrapping core.ErrUnavailable may be transient.
+func (l *Lease) Renew(ctx context.Context) (time.Duration, error) {
+	if l.ended() {
+		cause := l.Err()
+		if cause == nil {
+			cause = core.ErrNotHeld
+		}
+		return 0, fmt.Errorf("%w: lease on %q has ended: %w", core.ErrLockLost, l.name, cause)
+	}
+	var out RenewResponse
+	if err := l.c.post(ctx, l.c.lockURL(l.name, "renew"), l.name, SessionRequest{Session: l.session}, &out); err != nil {
+		return 0, err
+	}
+	return time.Duration(out.ValidityMs) * time.Millisecond, nil
+}
+
+// Release gives the lock up: one release request, then the stream is
+// closed (which alone would make the elector release it, should the request
+// have failed), and Release returns once the lease has ended. Done is then
+// closed and Err is nil, unless a loss came first. Release on a lease that
+// has ended, or a second Release, does nothing and returns nil. The error,
+// if any, is the release request's; the lease has ended all the same.
+func (l *Lease) Release(ctx context.Context) error {
+	l.mu.Lock()
+	again := l.releasing
+	l.releasing = true
+	l.mu.Unlock()
+	if again || l.ended() {
+		return nil
+	}
+	err := l.c.post(ctx, l.c.lockURL(l.name, "release"), l.name, SessionRequest{Session: l.session}, nil)
+	l.cancel()
+	<-l.done // prompt: cancelling the request ends run's read
+	if err != nil && !errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("transport: release of %q: %w", l.name, err)
+	}
+	return err
+}

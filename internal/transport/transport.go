@@ -1,0 +1,311 @@
+// Package transport is the SDK's HTTP client for the elector's v1 protocol
+// (PROTOCOL.md): one long-lived streamed request per held lock or watch, over
+// which the elector pushes grants, losses and holder changes.
+//
+// Each method does one exchange and never retries; renewal timing, retries
+// and event fan-out belong to the SDK's Lock and Election. Errors wrap the
+// values of package core: core.ErrLocked, core.ErrInvalidName,
+// core.ErrLockLost, core.ErrUnavailable (and core.ErrRevoked or
+// core.ErrExpired with a loss). When a caller's context ends, methods return
+// ctx.Err() unwrapped.
+package transport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// maxLine is the longest NDJSON line a stream may send.
+const maxLine = 64 << 10
+
+// Client talks to one elector. Create it with New; it is safe for concurrent
+// use. It keeps idle connections for reuse; CloseIdleConnections drops them.
+type Client struct {
+	base string // "http://host:port"
+	tr   *http.Transport
+	hc   *http.Client
+}
+
+// New returns a client for the elector at addr: "http://127.0.0.1:13131",
+// or "127.0.0.1:13131" meaning the same. It only parses addr; nothing is
+// sent until a method is called.
+func New(addr string) (*Client, error) {
+	base, err := baseURL(addr)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		Proxy:                 nil, // the elector is on loopback; never go through a proxy
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		MaxIdleConns:          32,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       60 * time.Second,
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &Client{
+		base: base,
+		tr:   tr,
+		hc: &http.Client{
+			Transport:     tr,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}, nil
+}
+
+func baseURL(addr string) (string, error) {
+	bad := func(why string) (string, error) {
+		return "", fmt.Errorf("transport: invalid elector address %q: %s", addr, why)
+	}
+	if addr == "" {
+		return bad("empty")
+	}
+	raw := addr
+	if !strings.Contains(raw, "://") {
+		raw = "http://" + raw
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return bad(err.Error())
+	case u.Scheme != "http" && u.Scheme != "https":
+		return bad("the scheme must be http or https")
+	case u.Host == "":
+		return bad("no host")
+	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return bad("want only scheme, host and port")
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+// Addr is the elector's base URL, such as "http://127.0.0.1:13131".
+func (c *Client) Addr() string { return c.base }
+
+// CloseIdleConnections closes the connections that carry no request now.
+// Streams of live leases and watches are not affected.
+func (c *Client) CloseIdleConnections() { c.tr.CloseIdleConnections() }
+
+func (c *Client) lockURL(name, op string) string {
+	u := c.base + "/v1/locks/" + url.PathEscape(name)
+	if op != "" {
+		u += "/" + op
+	}
+	return u
+}
+
+// unreachable wraps a failure to exchange with the elector.
+func (c *Client) unreachable(err error) error {
+	return fmt.Errorf("%w: cannot reach the elector at %s (is the elector sidecar running?): %w", core.ErrUnavailable, c.base, err)
+}
+
+// answerError turns an answer other than 200 into an error wrapping the core
+// value its code stands for.
+func (c *Client) answerError(resp *http.Response, name string) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxLine))
+	var eb ErrorBody
+	if err := json.Unmarshal(b, &eb); err != nil || eb.Code == "" {
+		return fmt.Errorf("transport: the elector at %s answered %s with no mpsync error body (is something else listening there?)", c.base, resp.Status)
+	}
+	switch eb.Code {
+	case CodeLocked:
+		if eb.Holder != "" {
+			return fmt.Errorf("%w: %q holds %q", core.ErrLocked, eb.Holder, name)
+		}
+		return fmt.Errorf("%w: %q", core.ErrLocked, name)
+	case CodeInvalidName:
+		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
+	case CodeLost:
+		return fmt.Errorf("%w: the elector says: %s", core.ErrLockLost, eb.Error)
+	case CodeUnavailable:
+		return fmt.Errorf("%w: the elector at %s says: %s", core.ErrUnavailable, c.base, eb.Error)
+	}
+	return fmt.Errorf("transport: the elector at %s answered %s (%s): %s", c.base, resp.Status, eb.Code, eb.Error)
+}
+
+// do sends one request with a JSON body (nil for none) and returns the
+// answer if its status is 200.
+func (c *Client) do(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("transport: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.unreachable(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, c.answerError(resp, name)
+	}
+	return resp, nil
+}
+
+// post sends one request and decodes its JSON answer into out (nil to
+// discard it).
+func (c *Client) post(ctx context.Context, u, name string, body, out any) error {
+	resp, err := c.do(ctx, http.MethodPost, u, name, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLine))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return c.unreachable(err)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("transport: the elector at %s sent a malformed answer: %w", c.base, err)
+	}
+	return nil
+}
+
+// readEvent reads one NDJSON line. Blank lines are skipped.
+func readEvent(br *bufio.Reader) (Event, error) {
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return Event{}, fmt.Errorf("stream line longer than %d bytes", maxLine)
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			if err != nil {
+				return Event{}, err
+			}
+			continue
+		}
+		if err != nil {
+			// A last line without its newline: the stream was cut.
+			return Event{}, io.ErrUnexpectedEOF
+		}
+		var ev Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return Event{}, fmt.Errorf("malformed stream line: %w", err)
+		}
+		return ev, nil
+	}
+}
+
+// Acquire asks the elector for the lock name on behalf of identity. If the
+// lock is free it is granted at once; otherwise, without wait, Acquire fails
+// with an error wrapping core.ErrLocked, and with wait it blocks until the
+// lock is granted or ctx ends (ctx.Err(), and nothing is left held: closing
+// the request makes the elector drop the wait, or release a grant that
+// crossed with it).
+//
+// ctx bounds only the acquisition. The returned Lease holds a stream of its
+// own that lives until Release, a loss, or the elector going away.
+func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) (*Lease, error) {
+	if err := core.ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	streamCtx, cancel := context.WithCancel(context.Background())
+	stopWatching := context.AfterFunc(ctx, cancel)
+
+	resp, err := c.do(streamCtx, http.MethodPost, c.lockURL(name, "acquire"), name, AcquireRequest{Identity: identity, Wait: wait})
+	if err != nil {
+		stopWatching()
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	br := bufio.NewReaderSize(resp.Body, maxLine)
+	ev, err := readEvent(br)
+	if err == nil && ev.Type != EventAcquired {
+		err = fmt.Errorf("first stream line is %q, want %q", ev.Type, EventAcquired)
+	}
+	if !stopWatching() || err != nil {
+		// ctx ended (the request is cancelled, so the elector releases
+		// anything it granted) or the stream is unusable.
+		cancel()
+		resp.Body.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: acquire stream from the elector at %s: %w", core.ErrUnavailable, c.base, err)
+	}
+	l := &Lease{
+		c:        c,
+		name:     name,
+		session:  ev.Session,
+		token:    ev.Token,
+		validity: time.Duration(ev.ValidityMs) * time.Millisecond,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+	}
+	go l.run(br, resp.Body)
+	return l, nil
+}
+
+// Watch calls fn with the state of the lock name, then again after every
+// change of holder, until ctx ends (it returns ctx.Err()) or the stream
+// fails (an error wrapping core.ErrUnavailable). fn is called from the
+// goroutine that called Watch, one call at a time. A slow fn delays reading
+// the stream, and the elector coalesces what it cannot send: fn may miss
+// intermediate holders, never the latest one.
+func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	if err := core.ValidateName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReaderSize(resp.Body, maxLine)
+	for {
+		ev, err := readEvent(br)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, err)
+		}
+		switch ev.Type {
+		case EventHolder:
+			fn(core.Holder{Identity: ev.Holder, Token: ev.Token})
+		case EventError:
+			return fmt.Errorf("%w: the elector at %s ended the watch: %s", core.ErrUnavailable, c.base, ev.Error)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}

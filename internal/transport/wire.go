@@ -1,0 +1,98 @@
+package transport
+
+// The JSON shapes of the elector's v1 protocol (PROTOCOL.md). The client in
+// this package and the elector (sidecar/server) both use them, so the two
+// sides cannot drift apart.
+
+// MaxBodyBytes is the largest request body the elector accepts; larger ones
+// get 413 with code CodeTooLarge.
+const MaxBodyBytes = 4 << 10
+
+// MaxIdentityLength is the longest identity an acquire request may carry.
+const MaxIdentityLength = 253
+
+// Error codes: the "code" field of an ErrorBody.
+const (
+	CodeInvalidName      = "invalid_name"       // the lock name is not a DNS-1123 subdomain (400)
+	CodeBadRequest       = "bad_request"        // malformed JSON, unknown field, missing value (400)
+	CodeTooLarge         = "too_large"          // request body over MaxBodyBytes (413)
+	CodeLocked           = "locked"             // held by another holder and the request did not wait (409)
+	CodeLost             = "lost"               // the session's lease has ended (410, and in lost events)
+	CodeNotFound         = "not_found"          // unknown path, or a legacy lock that is not held (404)
+	CodeMethodNotAllowed = "method_not_allowed" // wrong method; the Allow header lists the right ones (405)
+	CodeUnavailable      = "unavailable"        // backend not ready, or the elector is shutting down (503)
+)
+
+// Event types: the "type" field of an Event on an NDJSON stream.
+const (
+	EventAcquired = "acquired" // first line of an acquire stream: the lock is held
+	EventReleased = "released" // last line of an acquire stream after a release request
+	EventLost     = "lost"     // last line of an acquire stream after a loss
+	EventHolder   = "holder"   // a watch stream's state line
+	EventError    = "error"    // last line of a watch stream that the elector ends
+)
+
+// Loss reasons: the "reason" field of a lost Event.
+const (
+	ReasonRevoked  = "revoked"  // taken away by the backend (or /debug/revoke)
+	ReasonExpired  = "expired"  // not renewed within the lease duration
+	ReasonBackend  = "backend"  // the backend failed or closed
+	ReasonShutdown = "shutdown" // the elector is shutting down
+)
+
+// AcquireRequest is the body of POST /v1/locks/{name}/acquire.
+type AcquireRequest struct {
+	Identity string `json:"identity"`       // who will hold the lock; 1..MaxIdentityLength bytes
+	Wait     bool   `json:"wait,omitempty"` // wait for the lock instead of answering 409
+}
+
+// SessionRequest is the body of POST /v1/locks/{name}/renew and .../release.
+type SessionRequest struct {
+	Session string `json:"session"` // from the acquired event
+}
+
+// RenewResponse is the body of a successful renew: the new validity in
+// milliseconds, counted from when the elector received the request.
+type RenewResponse struct {
+	ValidityMs int64 `json:"validityMs"`
+}
+
+// LockState is the body of GET /v1/locks/{name} and of a legacy GET.
+// Holder is empty when the lock is free; Token is then the last holder's.
+type LockState struct {
+	Name   string `json:"name"`
+	Holder string `json:"holder"`
+	Token  uint64 `json:"token"`
+}
+
+// ErrorBody is the body of every 4xx and 5xx answer. Holder is set with
+// CodeLocked when the holder is known.
+type ErrorBody struct {
+	Error  string `json:"error"`
+	Code   string `json:"code"`
+	Holder string `json:"holder,omitempty"`
+}
+
+// Event is one line of an NDJSON stream. Which fields are set depends on
+// Type: acquired carries Session, Token and ValidityMs; lost carries Code,
+// Reason and Error; holder carries Holder (possibly empty) and Token; error
+// carries Code and Error. Readers ignore unknown types and fields.
+type Event struct {
+	Type       string `json:"type"`
+	Session    string `json:"session,omitempty"`
+	Token      uint64 `json:"token,omitempty"`
+	ValidityMs int64  `json:"validityMs,omitempty"`
+	Holder     string `json:"holder,omitempty"`
+	Code       string `json:"code,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// HolderEvent is a watch stream's state line: {"type":"holder",...}, with
+// both fields always present (Holder "" when the lock is free, Token then
+// the last holder's, 0 if it was never held).
+type HolderEvent struct {
+	Type   string `json:"type"`
+	Holder string `json:"holder"`
+	Token  uint64 `json:"token"`
+}

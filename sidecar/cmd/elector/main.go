@@ -1,0 +1,312 @@
+// Command elector is mpsync's sidecar: it keeps locks in a coordination
+// backend on behalf of the processes of its pod, which talk to it over HTTP
+// on 127.0.0.1:13131 with the v1 protocol (the Go SDK) or the seed's legacy
+// protocol (the Metaparticle JavaScript, Python, Java and .NET clients).
+// PROTOCOL.md documents both; `elector --help` lists the flags.
+//
+// Exit status: 0 after a clean shutdown on SIGTERM or SIGINT, 1 when it
+// cannot serve (address in use, backend fails), 2 for a bad flag or
+// environment value.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/sidecar/backend"
+	"github.com/mpsync/mpsync/sidecar/server"
+)
+
+// shutdownTimeout bounds the whole shutdown: streams told, locks released,
+// backend closed, connections closed.
+const shutdownTimeout = 1500 * time.Millisecond
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// config is the parsed command line.
+type config struct {
+	backend       string
+	listen        string
+	identity      string
+	namespace     string
+	kubeconfig    string
+	leaseDuration time.Duration
+	logFormat     string
+	logLevel      zapcore.Level
+	debug         bool
+}
+
+// usageError is a bad flag or environment value: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// choice is a flag.Value that accepts one of a fixed set of words.
+type choice struct {
+	val     string
+	allowed []string
+}
+
+func (c *choice) String() string { return c.val }
+
+func (c *choice) Set(s string) error {
+	for _, a := range c.allowed {
+		if s == a {
+			c.val = s
+			return nil
+		}
+	}
+	return fmt.Errorf("want one of %s", strings.Join(c.allowed, ", "))
+}
+
+type levelValue struct{ l *zapcore.Level }
+
+func (v levelValue) String() string {
+	if v.l == nil {
+		return ""
+	}
+	return v.l.String()
+}
+
+func (v levelValue) Set(s string) error {
+	if err := v.l.UnmarshalText([]byte(s)); err != nil {
+		return errors.New("want debug, info, warn or error")
+	}
+	return nil
+}
+
+// envPrefix prefixes the environment variable of every flag: --lease-duration
+// is MPSYNC_LEASE_DURATION.
+const envPrefix = "MPSYNC_"
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags parses args, then takes the flags not given there from their
+// environment variables (getenv), so a flag on the command line wins. flag.ErrHelp means --help
+// was asked for (the usage has been written to out).
+func parseFlags(args []string, getenv func(string) string, out io.Writer) (config, error) {
+	hostname, _ := os.Hostname()
+	identity := getenv("POD_NAME")
+	if identity == "" {
+		identity = hostname
+	}
+	namespace := getenv("POD_NAMESPACE")
+	if namespace == "" {
+		namespace = "default"
+	}
+
+	cfg := config{logLevel: zapcore.InfoLevel}
+	backendFlag := &choice{val: "memory", allowed: []string{"memory", "kubernetes"}}
+	logFormat := &choice{val: "json", allowed: []string{"json", "console"}}
+
+	fs := flag.NewFlagSet("elector", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Var(backendFlag, "backend", "`kind` of backend keeping the locks: memory (this process only: for one machine, local development, demos) or kubernetes (coordination.k8s.io Lease objects)")
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:13131", "`address` to serve HTTP on; keep it on loopback so that only the pod talks to its elector. Port 0 picks a free port; the \"serving\" log line says which")
+	fs.StringVar(&cfg.identity, "identity", identity, "this elector's `name`: the holder of locks taken through the legacy protocol; by default $POD_NAME, else the host name")
+	fs.StringVar(&cfg.namespace, "namespace", namespace, "Kubernetes `namespace` of the Lease objects; by default $POD_NAMESPACE, else \"default\"")
+	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for the kubernetes backend; empty means the in-cluster service account")
+	fs.DurationVar(&cfg.leaseDuration, "lease-duration", 15*time.Second, "lease `duration` of v1 locks: a holder that stops renewing loses its lock this long after its last renewal; at least "+core.MinLease.String())
+	fs.Var(logFormat, "log-format", "log `format` on stderr: json or console (readable)")
+	fs.Var(levelValue{&cfg.logLevel}, "log-level", "least `level` logged: debug, info, warn or error")
+	fs.BoolVar(&cfg.debug, "debug-endpoints", false, "serve POST /debug/revoke/{name}, which takes a lock from its holder as a real loss would (for conformance tests; never in production)")
+	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
+	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(out, fs)
+			return config{}, err
+		}
+		return config{}, usagef("%v (see --help)", err)
+	}
+	// Then the environment, for the flags not given on the command line.
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envName(f.Name)
+		v := getenv(name)
+		if given[f.Name] || v == "" || envErr != nil {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = usagef("invalid value %q for %s: %v", v, name, err)
+		}
+	})
+	if envErr != nil {
+		return config{}, envErr
+	}
+	if fs.NArg() > 0 {
+		return config{}, usagef("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	cfg.backend = backendFlag.val
+	cfg.logFormat = logFormat.val
+	switch {
+	case cfg.leaseDuration < core.MinLease:
+		return config{}, usagef("--lease-duration %v is shorter than the minimum %v", cfg.leaseDuration, core.MinLease)
+	case cfg.identity == "":
+		return config{}, usagef("--identity is empty and neither $POD_NAME nor the host name gives one")
+	case cfg.listen == "":
+		return config{}, usagef("--listen is empty")
+	}
+	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
+		return config{}, usagef("--listen %q: %v", cfg.listen, err)
+	}
+	return cfg, nil
+}
+
+func usage(out io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(out, `Usage: elector [flags]
+
+The mpsync elector: keeps locks for the processes of its pod and pushes
+grants, losses and leader changes to them over HTTP (PROTOCOL.md).
+It also speaks the Metaparticle seed's GET/PUT /locks/{name} protocol.
+
+Every flag can also be set by an environment variable, named after it:
+--lease-duration is MPSYNC_LEASE_DURATION. A flag on the command line wins.
+
+Flags:
+`)
+	fs.SetOutput(out)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	fmt.Fprintf(out, `
+Endpoints: /v1/... and /locks/{name} (PROTOCOL.md), /healthz, /readyz, /metrics.
+SIGTERM or SIGINT: every open stream is told, every lock released, exit 0.
+`)
+}
+
+func newLogger(cfg config, stderr io.Writer) *zap.Logger {
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = "time"
+	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
+	var enc zapcore.Encoder
+	if cfg.logFormat == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	out := zapcore.Lock(zapcore.AddSync(stderr))
+	return zap.New(zapcore.NewCore(enc, out, cfg.logLevel), zap.ErrorOutput(out))
+}
+
+// openBackend returns the backend cfg names. Adding one is one case here.
+func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
+	switch cfg.backend {
+	case "memory":
+		log.Warn("MEMORY BACKEND: locks live in this elector process only. Processes that share this " +
+			"elector exclude each other; processes using another elector do NOT. Use --backend=kubernetes " +
+			"for locks between pods or machines.")
+		return backend.NewMemory(cfg.leaseDuration)
+	case "kubernetes":
+		return nil, usagef("kubernetes backend not built yet")
+	}
+	return nil, usagef("unknown backend %q", cfg.backend)
+}
+
+// run is the whole program; it returns the exit status.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	defer func() { _ = log.Sync() }()
+
+	b, err := openBackend(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	srv, err := server.New(server.Config{
+		Backend:  b,
+		Identity: cfg.identity,
+		Logger:   log,
+		Debug:    cfg.debug,
+	})
+	if err != nil {
+		_ = b.Close(context.Background())
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 2
+	}
+
+	ctx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stopSignals()
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		_ = b.Close(context.Background())
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 1
+	}
+	hs := srv.HTTPServer()
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	log.Info("serving",
+		zap.String("addr", ln.Addr().String()),
+		zap.String("backend", cfg.backend),
+		zap.String("identity", cfg.identity),
+		zap.String("namespace", cfg.namespace),
+		zap.Duration("leaseDuration", cfg.leaseDuration),
+		zap.Bool("debugEndpoints", cfg.debug),
+		zap.Int("pid", os.Getpid()))
+
+	status := 0
+	select {
+	case <-ctx.Done():
+		log.Info("signal received; shutting down")
+	case err := <-served:
+		log.Error("serving failed", zap.Error(err))
+		status = 1
+	}
+	stopSignals() // a second signal kills at once
+
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	// Stop accepting connections and wait for open ones to finish, while
+	// the Server ends its streams and releases every lock.
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- hs.Shutdown(sctx) }()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Error("shutdown", zap.Error(err))
+	}
+	if err := <-httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("closing connections still open at the deadline", zap.Error(err))
+		_ = hs.Close()
+	}
+	log.Info("stopped")
+	return status
+}

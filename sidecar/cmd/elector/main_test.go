@@ -1,0 +1,368 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/transport"
+)
+
+// With $runAsElector set, the test binary is the elector: tests start it as
+// a real process with real signals, without a separate build.
+const runAsElector = "MPSYNC_ELECTOR_TEST_MAIN"
+
+// waitFor bounds every wait for something that should happen promptly.
+const waitFor = 10 * time.Second
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsElector) != "" {
+		os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+func envOf(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func TestParseFlags(t *testing.T) {
+	host, _ := os.Hostname()
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want func(c config) bool
+	}{
+		{"defaults", nil, nil, func(c config) bool {
+			return c.backend == "memory" && c.listen == "127.0.0.1:13131" && c.identity == host &&
+				c.namespace == "default" && c.leaseDuration == 15*time.Second && c.logFormat == "json" &&
+				c.logLevel == zapcore.InfoLevel && !c.debug && c.kubeconfig == ""
+		}},
+		{"pod env", nil, map[string]string{"POD_NAME": "web-7", "POD_NAMESPACE": "prod"}, func(c config) bool {
+			return c.identity == "web-7" && c.namespace == "prod"
+		}},
+		{"MPSYNC env", nil, map[string]string{
+			"MPSYNC_LISTEN": "127.0.0.1:9", "MPSYNC_IDENTITY": "me", "MPSYNC_LEASE_DURATION": "3s",
+			"MPSYNC_LOG_FORMAT": "console", "MPSYNC_LOG_LEVEL": "debug", "MPSYNC_DEBUG_ENDPOINTS": "true",
+			"MPSYNC_KUBECONFIG": "/k", "MPSYNC_NAMESPACE": "ns", "POD_NAME": "ignored",
+		}, func(c config) bool {
+			return c.listen == "127.0.0.1:9" && c.identity == "me" && c.leaseDuration == 3*time.Second &&
+				c.logFormat == "console" && c.logLevel == zapcore.DebugLevel && c.debug && c.kubeconfig == "/k" && c.namespace == "ns"
+		}},
+		{"flag wins over env", []string{"--listen", "127.0.0.1:8", "--lease-duration=2s"},
+			map[string]string{"MPSYNC_LISTEN": "127.0.0.1:9", "MPSYNC_LEASE_DURATION": "not looked at"},
+			func(c config) bool { return c.listen == "127.0.0.1:8" && c.leaseDuration == 2*time.Second }},
+		{"bad env", nil, map[string]string{"MPSYNC_LEASE_DURATION": "soon"}, nil},
+		{"env below minimum", nil, map[string]string{"MPSYNC_LEASE_DURATION": "10ms"}, nil},
+		{"kubernetes by name", []string{"--backend", "kubernetes"}, nil, func(c config) bool { return c.backend == "kubernetes" }},
+		{"minimum lease", []string{"--lease-duration", core.MinLease.String()}, nil, func(c config) bool { return c.leaseDuration == core.MinLease }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseFlags(tt.args, envOf(tt.env), io.Discard)
+			if tt.want == nil {
+				var ue *usageError
+				if !errors.As(err, &ue) {
+					t.Errorf("parseFlags: %v, want a usage error", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseFlags: %v", err)
+			}
+			if !tt.want(c) {
+				t.Errorf("config %+v", c)
+			}
+		})
+	}
+}
+
+func TestRunExitStatus(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	tests := []struct {
+		name   string
+		args   []string
+		env    map[string]string
+		status int
+		stderr string // what the one line must mention
+	}{
+		{"help", []string{"--help"}, nil, 0, ""},
+		{"unknown flag", []string{"--bogus"}, nil, 2, "-bogus"},
+		{"extra argument", []string{"serve"}, nil, 2, "serve"},
+		{"bad backend", []string{"--backend", "etcd"}, nil, 2, "memory, kubernetes"},
+		{"kubernetes not built", []string{"--backend", "kubernetes"}, nil, 2, "kubernetes backend not built yet"},
+		{"short lease", []string{"--lease-duration", "500ms"}, nil, 2, "--lease-duration"},
+		{"bad duration", []string{"--lease-duration", "soon"}, nil, 2, "lease-duration"},
+		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "json, console"},
+		{"bad log level", []string{"--log-level", "loud"}, nil, 2, "log-level"},
+		{"bad listen", []string{"--listen", "nowhere"}, nil, 2, "--listen"},
+		{"bad env", nil, map[string]string{"MPSYNC_DEBUG_ENDPOINTS": "maybe"}, 2, "MPSYNC_DEBUG_ENDPOINTS"},
+		{"empty identity", []string{"--identity", ""}, nil, 2, "--identity"},
+		{"address in use", []string{"--listen", busy.Addr().String()}, nil, 1, "address already in use"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			status := run(tt.args, envOf(tt.env), &stdout, &stderr)
+			if status != tt.status {
+				t.Errorf("status %d, want %d; stderr %s", status, tt.status, stderr.String())
+			}
+			if tt.status == 2 {
+				lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+				if len(lines) != 1 || !strings.HasPrefix(lines[0], "elector: ") {
+					t.Errorf("stderr %q, want one line starting with \"elector: \"", stderr.String())
+				}
+			}
+			if !strings.Contains(stderr.String(), tt.stderr) {
+				t.Errorf("stderr %q, want it to mention %q", stderr.String(), tt.stderr)
+			}
+			if tt.name == "help" {
+				for _, f := range []string{"--lease-duration is MPSYNC_LEASE_DURATION", "-backend", "-listen", "-identity", "-namespace",
+					"-kubeconfig", "-lease-duration", "-log-format", "-log-level", "-debug-endpoints", "[$MPSYNC_LISTEN]"} {
+					if !strings.Contains(stdout.String(), f) {
+						t.Errorf("--help does not mention %q", f)
+					}
+				}
+			}
+		})
+	}
+}
+
+// proc is an elector process: this test binary with $runAsElector set.
+type proc struct {
+	cmd    *exec.Cmd
+	addr   string
+	mu     sync.Mutex
+	logs   bytes.Buffer
+	exited chan struct{}
+	err    error
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.Write(b)
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+func startElector(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{exited: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], append([]string{"--listen", "127.0.0.1:0", "--identity", "pod-a"}, args...)...)
+	p.cmd.Env = append(os.Environ(), runAsElector+"=1")
+	p.cmd.Stderr = p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("elector log:\n%s", p.log())
+		}
+	})
+	deadline := time.Now().Add(waitFor)
+	for p.addr == "" {
+		for line := range strings.SplitSeq(p.log(), "\n") {
+			var m struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" {
+				p.addr = m.Addr
+			}
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("elector exited: %v\n%s", p.err, p.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("elector not serving within %v", waitFor)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
+}
+
+func TestMemoryWarning(t *testing.T) {
+	p := startElector(t)
+	var m struct{ Level, Msg string }
+	first, _, _ := strings.Cut(p.log(), "\n")
+	if err := json.Unmarshal([]byte(first), &m); err != nil || m.Level != "warn" || !strings.Contains(m.Msg, "MEMORY BACKEND") {
+		t.Errorf("first log line %q, want a JSON warning about the memory backend", first)
+	}
+}
+
+// TestSeedJavaScriptClient runs a Node.js client that makes exactly the
+// seed JavaScript client's calls against a real elector, next to a v1
+// client of the same lock.
+func TestSeedJavaScriptClient(t *testing.T) {
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not on PATH")
+	}
+	p := startElector(t, "--debug-endpoints")
+	c, err := transport.New(p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+
+	js := startNode(t, node, p.addr, "shared")
+	js.want(t, "GET 404", "PUT 200", "ACQUIRED")
+	// The legacy holder (the elector's identity) excludes v1 clients.
+	if _, err := c.Acquire(context.Background(), "shared", "web-1", false); !errors.Is(err, core.ErrLocked) {
+		t.Fatalf("v1 Acquire of a legacy-held lock: %v, want ErrLocked", err)
+	}
+	// It renews: GET 200, PUT 200, again and again.
+	js.want(t, "GET 200", "PUT 200", "RENEWED", "GET 200", "PUT 200", "RENEWED")
+
+	// The lease is lost (as if the elector had been unable to renew it); a
+	// v1 client takes the lock; the JS client's next renewal gets GET 200
+	// (someone holds it) and PUT 409, and reports the loss.
+	got := make(chan *transport.Lease, 1)
+	go func() {
+		l, err := c.Acquire(context.Background(), "shared", "web-1", true)
+		if err != nil {
+			t.Errorf("v1 Acquire: %v", err)
+		}
+		got <- l
+	}()
+	post(t, p.addr, "/debug/revoke/shared")
+	l := <-got
+	if l == nil {
+		t.FailNow()
+	}
+	js.wantEventually(t, "PUT 409", "LOST")
+	js.wantExit(t)
+
+	// While v1 holds it a new JS client waits (GET 200, PUT 409); once v1
+	// releases, it gets the lock (GET 404, PUT 200).
+	js2 := startNode(t, node, p.addr, "shared")
+	js2.want(t, "GET 200", "PUT 409")
+	if err := l.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	js2.wantEventually(t, "GET 404", "PUT 200", "ACQUIRED")
+}
+
+type nodeProc struct {
+	lines  chan string
+	exited chan error
+}
+
+// startNode runs testdata/seedlock.js with a 100 ms interval in place of
+// the seed's 10 s.
+func startNode(t *testing.T, node, addr, name string) *nodeProc {
+	t.Helper()
+	cmd := exec.Command(node, "testdata/seedlock.js", "http://"+addr, name, "100")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &nodeProc{lines: make(chan string, 1024), exited: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			n.lines <- sc.Text()
+		}
+		close(n.lines)
+		n.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		for range n.lines {
+		}
+	})
+	return n
+}
+
+func (n *nodeProc) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case l, ok := <-n.lines:
+		if !ok {
+			t.Fatal("the node client exited")
+		}
+		return l
+	case <-time.After(waitFor):
+		t.Fatal("the node client said nothing")
+	}
+	return ""
+}
+
+// want checks the next lines.
+func (n *nodeProc) want(t *testing.T, lines ...string) {
+	t.Helper()
+	for _, w := range lines {
+		if got := n.next(t); got != w {
+			t.Fatalf("node client said %q, want %q", got, w)
+		}
+	}
+}
+
+// wantEventually skips lines until the first of lines, then checks the rest.
+func (n *nodeProc) wantEventually(t *testing.T, lines ...string) {
+	t.Helper()
+	for n.next(t) != lines[0] {
+	}
+	n.want(t, lines[1:]...)
+}
+
+func (n *nodeProc) wantExit(t *testing.T) {
+	t.Helper()
+	for range n.lines {
+	}
+	select {
+	case err := <-n.exited:
+		if err != nil {
+			t.Errorf("node client exit: %v, want 0", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("node client did not exit")
+	}
+}
+
+func post(t *testing.T, addr, path string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	status, _ := bufio.NewReader(c).ReadString('\n')
+	if !strings.Contains(status, " 200 ") {
+		t.Fatalf("POST %s: %q", path, status)
+	}
+}

@@ -1,0 +1,350 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/sidecar/backend"
+)
+
+// v1Get answers GET /v1/locks/{name} with the lock's state.
+func (s *Server) v1Get(w http.ResponseWriter, r *http.Request, name string) {
+	if !checkName(w, name) {
+		return
+	}
+	h, err := s.holderOf(r.Context(), name)
+	if err != nil {
+		s.backendError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, transport.LockState{Name: name, Holder: h.Identity, Token: h.Token})
+}
+
+// backendError answers a failed backend call, unless the client has gone.
+func (s *Server) backendError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case r.Context().Err() != nil:
+		// The client has gone; nobody reads an answer.
+	case errors.Is(err, core.ErrInvalidName):
+		writeError(w, http.StatusBadRequest, transport.CodeInvalidName, err.Error())
+	case s.stopCtx.Err() != nil || errors.Is(err, core.ErrClosed):
+		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+	default:
+		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, fmt.Sprintf("backend: %v", err))
+	}
+}
+
+// acquire serves POST /v1/locks/{name}/acquire: it takes the lock, then
+// streams the acquired event and, when the lease ends, one released or lost
+// event. The lock is released as soon as the client goes away.
+func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
+	received := time.Now()
+	if !checkName(w, name) {
+		return
+	}
+	var req transport.AcquireRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := checkIdentity(req.Identity); err != nil {
+		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
+		return
+	}
+	if !s.enter() {
+		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		return
+	}
+	defer s.leave()
+
+	// ctx ends when the client goes away or the elector shuts down.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.stopCtx, cancel)()
+
+	log := s.log.With(zap.String("name", name), zap.String("identity", req.Identity))
+	if req.Wait {
+		s.m.waiters.Inc()
+	}
+	g, err := s.b.Acquire(ctx, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait})
+	if req.Wait {
+		s.m.waiters.Dec()
+	}
+	if err != nil {
+		if errors.Is(err, core.ErrLocked) {
+			body := transport.ErrorBody{Error: err.Error(), Code: transport.CodeLocked}
+			if h, herr := s.holderOf(ctx, name); herr == nil {
+				body.Holder = h.Identity
+			}
+			writeJSON(w, http.StatusConflict, body)
+			return
+		}
+		if r.Context().Err() != nil {
+			log.Debug("client went away while waiting")
+			return
+		}
+		s.backendError(w, r, err)
+		return
+	}
+	if ctx.Err() != nil || s.stopCtx.Err() != nil {
+		// Granted as the client left or the elector began to stop (a
+		// holder released at shutdown hands the lock to the next waiter):
+		// give it straight back.
+		s.releaseFor(g, log, "granted while the client left or the elector stopped")
+		s.backendError(w, r, core.ErrClosed)
+		return
+	}
+
+	// The grant's validity counts from when Acquire was called, and the
+	// client counts it from when it sent the request: right for a grant
+	// that came at once. After a wait it would be mostly spent, so renew
+	// now and tell the client the time waited (shrunk by the drift bound,
+	// as it is measured on this clock) plus the fresh validity.
+	validity := g.Validity()
+	if time.Since(received) > renewAfterWait {
+		renewAt := time.Now()
+		v, err := g.Renew(ctx)
+		s.m.renewal.Observe(time.Since(renewAt).Seconds())
+		if err != nil {
+			s.releaseFor(g, log, "renew after wait failed")
+			if r.Context().Err() == nil {
+				s.backendError(w, r, fmt.Errorf("lease lost right after it was granted: %w", err))
+			}
+			return
+		}
+		waited := renewAt.Sub(received)
+		validity = time.Duration(float64(waited)*(1-2*core.Rho)) + v
+	}
+
+	sess := &session{name: name, grant: g}
+	s.mu.Lock()
+	s.sessions[g.Session()] = sess
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.sessions, g.Session())
+		s.mu.Unlock()
+	}()
+	s.m.acquisitions.WithLabelValues("v1").Inc()
+	s.m.held.Inc()
+	defer s.m.held.Dec()
+	log = log.With(zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
+	log.Info("lock acquired", zap.Duration("validity", validity))
+
+	st := newStream(w)
+	defer st.end()
+	err = st.send(transport.Event{
+		Type:       transport.EventAcquired,
+		Session:    g.Session(),
+		Token:      g.Token(),
+		ValidityMs: validity.Milliseconds(),
+	}, streamWriteTimeout)
+	if err != nil {
+		s.m.releases.WithLabelValues("disconnect").Inc()
+		s.releaseFor(g, log, "could not tell the client it holds the lock")
+		return
+	}
+
+	select {
+	case <-g.Done():
+		gerr := g.Err()
+		if gerr == nil && sess.wasReleased() {
+			log.Info("lock released")
+			_ = st.send(transport.Event{Type: transport.EventReleased}, streamWriteTimeout)
+			return
+		}
+		if gerr == nil {
+			gerr = errors.New("lease ended by the backend")
+		}
+		reason := s.lossReason(gerr)
+		s.m.losses.WithLabelValues(reason).Inc()
+		log.Warn("lock lost", zap.String("reason", reason), zap.Error(gerr))
+		_ = st.send(transport.Event{
+			Type:   transport.EventLost,
+			Code:   transport.CodeLost,
+			Reason: reason,
+			Error:  gerr.Error(),
+		}, streamWriteTimeout)
+	case <-r.Context().Done():
+		s.m.releases.WithLabelValues("disconnect").Inc()
+		s.releaseFor(g, log, "client went away")
+	case <-s.stopCtx.Done():
+		// Tell the holder first, then release: it stops acting on the
+		// lock before anyone else can take it.
+		s.m.losses.WithLabelValues(transport.ReasonShutdown).Inc()
+		_ = st.send(transport.Event{
+			Type:   transport.EventLost,
+			Code:   transport.CodeLost,
+			Reason: transport.ReasonShutdown,
+			Error:  "elector shutting down; lock released",
+		}, finalWriteTimeout)
+		s.releaseFor(g, log, "elector shutting down")
+	}
+}
+
+// releaseFor releases g on someone's behalf, with a fresh bounded context.
+func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if err := g.Release(ctx); err != nil {
+		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
+		return
+	}
+	log.Info("lock released", zap.String("why", why))
+}
+
+// lookup returns the live session id of lock name, or nil.
+func (s *Server) lookup(name, id string) *session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess := s.sessions[id]
+	if sess == nil || sess.name != name {
+		return nil
+	}
+	return sess
+}
+
+// renew serves POST /v1/locks/{name}/renew.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
+	if !checkName(w, name) {
+		return
+	}
+	var req transport.SessionRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Session == "" {
+		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, `"session" is required`)
+		return
+	}
+	sess := s.lookup(name, req.Session)
+	if sess == nil {
+		writeError(w, http.StatusGone, transport.CodeLost,
+			fmt.Sprintf("no live session %q on lock %q (it ended, or never existed)", req.Session, name))
+		return
+	}
+	start := time.Now()
+	v, err := sess.grant.Renew(r.Context())
+	s.m.renewal.Observe(time.Since(start).Seconds())
+	if err != nil {
+		if errors.Is(err, core.ErrLockLost) {
+			writeError(w, http.StatusGone, transport.CodeLost, err.Error())
+			return
+		}
+		s.backendError(w, r, err)
+		return
+	}
+	// v counts from when Renew was called, after the request arrived; the
+	// client counts it from when it sent the request, earlier still.
+	writeJSON(w, http.StatusOK, transport.RenewResponse{ValidityMs: v.Milliseconds()})
+}
+
+// release serves POST /v1/locks/{name}/release. Releasing a session that
+// has ended or never existed succeeds: release is idempotent.
+func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
+	if !checkName(w, name) {
+		return
+	}
+	var req transport.SessionRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if req.Session == "" {
+		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, `"session" is required`)
+		return
+	}
+	if sess := s.lookup(name, req.Session); sess != nil {
+		sess.markReleased()
+		if err := sess.grant.Release(r.Context()); err != nil {
+			s.backendError(w, r, err)
+			return
+		}
+		s.m.releases.WithLabelValues("request").Inc()
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// watch serves GET /v1/locks/{name}/watch: the lock's state at once, then
+// after every change, until the client goes away. The backend's Watch runs
+// on its own goroutine and leaves only the latest state in a one-slot
+// mailbox, so a slow client gets the latest state, not a backlog.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
+	if !checkName(w, name) {
+		return
+	}
+	// A GET has no body, but read whatever came to its end: only then
+	// does net/http watch the connection and end r.Context() when the
+	// client goes away.
+	if _, ok := readBody(w, r); !ok {
+		return
+	}
+	if !s.enter() {
+		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		return
+	}
+	defer s.leave()
+	s.m.watchers.Inc()
+	defer s.m.watchers.Dec()
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.stopCtx, cancel)()
+
+	latest := make(chan core.Holder, 1)
+	ended := make(chan error, 1)
+	go func() {
+		ended <- s.b.Watch(ctx, name, func(h core.Holder) {
+			// Only this goroutine sends, so after the drain there is room.
+			select {
+			case <-latest:
+			default:
+			}
+			latest <- h
+		})
+	}()
+
+	st := newStream(w)
+	defer st.end()
+	var writeErr error
+	send := func(h core.Holder) {
+		if writeErr != nil {
+			return
+		}
+		writeErr = st.send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token}, streamWriteTimeout)
+		if writeErr != nil {
+			cancel() // the client is gone or stalled: end the watch
+		}
+	}
+	for {
+		select {
+		case h := <-latest:
+			send(h)
+			continue
+		case err := <-ended:
+			select {
+			case h := <-latest:
+				send(h)
+			default:
+			}
+			switch {
+			case writeErr != nil || r.Context().Err() != nil:
+				// The client is gone; nobody reads more.
+			case !st.started:
+				s.backendError(w, r, err)
+			default:
+				msg := "elector shutting down"
+				if s.stopCtx.Err() == nil {
+					msg = fmt.Sprintf("backend watch ended: %v", err)
+				}
+				_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,315 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/sidecar/backend"
+)
+
+func TestHealthReadyMetrics(t *testing.T) {
+	e := newEnv(t, Config{})
+	tests := []struct {
+		name, path string
+		status     int
+		contains   string
+	}{
+		{"healthz", "/healthz", 200, `"ok"`},
+		{"readyz", "/readyz", 200, `"ready"`},
+		{"metrics", "/metrics", 200, "mpsync_elector_locks_held 0"},
+		{"go collector", "/metrics", 200, "go_goroutines"},
+		{"process collector", "/metrics", 200, "process_open_fds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, _, body := e.do("GET", tt.path, "")
+			if status != tt.status || !strings.Contains(string(body), tt.contains) {
+				t.Errorf("GET %s: %d %q, want %d containing %q", tt.path, status, body, tt.status, tt.contains)
+			}
+		})
+	}
+}
+
+func TestAcquireRenewRelease(t *testing.T) {
+	e := newEnv(t, Config{})
+	if got, want := e.state("a"), (transport.LockState{Name: "a"}); got != want {
+		t.Fatalf("state of a free lock: %+v, want %+v", got, want)
+	}
+	st, ev := e.acquired("a", "web-1")
+	if want := core.Validity(15 * time.Second).Milliseconds(); ev.ValidityMs != want {
+		t.Errorf("validityMs %d, want %d (core.Validity of the 15 s lease)", ev.ValidityMs, want)
+	}
+	if got, want := e.state("a"), (transport.LockState{Name: "a", Holder: "web-1", Token: ev.Token}); got != want {
+		t.Errorf("state while held: %+v, want %+v", got, want)
+	}
+
+	var rr transport.RenewResponse
+	e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, 200, &rr)
+	if rr.ValidityMs != ev.ValidityMs {
+		t.Errorf("renew validityMs %d, want %d", rr.ValidityMs, ev.ValidityMs)
+	}
+
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
+	if got := st.next(); got.Type != transport.EventReleased {
+		t.Errorf("after release: line %+v, want released", got)
+	}
+	st.wantEnd()
+	if got, want := e.state("a"), (transport.LockState{Name: "a", Token: ev.Token}); got != want {
+		t.Errorf("state after release: %+v, want %+v", got, want)
+	}
+	// Release is idempotent; renew of an ended session is 410 lost.
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
+	var eb transport.ErrorBody
+	e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusGone, &eb)
+	if eb.Code != transport.CodeLost {
+		t.Errorf("renew after release: code %q, want %q", eb.Code, transport.CodeLost)
+	}
+}
+
+func TestAcquireLockedAndWait(t *testing.T) {
+	e := newEnv(t, Config{})
+	_, first := e.acquired("a", "web-1")
+
+	var eb transport.ErrorBody
+	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-2"}`, http.StatusConflict, &eb)
+	if eb.Code != transport.CodeLocked || eb.Holder != "web-1" {
+		t.Errorf("not-wait on a held lock: %+v, want code locked, holder web-1", eb)
+	}
+
+	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	if !waiter.pending() {
+		t.Fatal("waiter answered while the lock is held")
+	}
+	// Let the wait last past renewAfterWait, so that the grant is renewed
+	// and the validity includes the time waited.
+	time.Sleep(2 * renewAfterWait)
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
+	waiter.wantHead(200)
+	ev := waiter.next()
+	if ev.Type != transport.EventAcquired || ev.Token <= first.Token {
+		t.Fatalf("waiter got %+v, want acquired with a token above %d", ev, first.Token)
+	}
+	if min := core.Validity(15 * time.Second).Milliseconds(); ev.ValidityMs <= min {
+		t.Errorf("waited grant: validityMs %d, want more than %d (time waited counts from the request)", ev.ValidityMs, min)
+	}
+}
+
+func TestClientGoneReleases(t *testing.T) {
+	e := newEnv(t, Config{})
+	holder, _ := e.acquired("a", "web-1")
+	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+
+	// A waiter that goes away leaves the queue.
+	waiter.close()
+	eventually(t, "waiter dropped", func() bool { _, w := e.mem.Stats(); return w == 0 })
+
+	// A holder that goes away releases the lock.
+	holder.close()
+	eventually(t, "lock released", func() bool { return e.state("a").Holder == "" })
+	if held, _ := e.mem.Stats(); held != 0 {
+		t.Errorf("%d locks held after every client went away, want 0", held)
+	}
+}
+
+func TestLoss(t *testing.T) {
+	tests := []struct {
+		name   string
+		cfg    Config
+		lease  time.Duration
+		cause  func(e *env)
+		reason string
+	}{
+		{
+			name:   "revoked",
+			cfg:    Config{Debug: true},
+			cause:  func(e *env) { e.doJSON("POST", "/debug/revoke/a", "", 200, nil) },
+			reason: transport.ReasonRevoked,
+		},
+		{
+			name:   "expired",
+			lease:  core.MinLease,
+			cause:  func(*env) {}, // not renewed
+			reason: transport.ReasonExpired,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.lease != 0 {
+				mem, err := newMemory(tt.lease)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tt.cfg.Backend = mem
+			}
+			e := newEnv(t, tt.cfg)
+			st, ev := e.acquired("a", "web-1")
+			tt.cause(e)
+			got := st.next()
+			if got.Type != transport.EventLost || got.Code != transport.CodeLost || got.Reason != tt.reason || got.Error == "" {
+				t.Errorf("line %+v, want lost, code lost, reason %s, an error message", got, tt.reason)
+			}
+			st.wantEnd()
+			var eb transport.ErrorBody
+			e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusGone, &eb)
+		})
+	}
+}
+
+func TestWatch(t *testing.T) {
+	e := newEnv(t, Config{})
+	w := e.open("GET", "/v1/locks/a/watch", "")
+	w.wantHead(200)
+	want := func(holder string, token uint64) {
+		t.Helper()
+		ev := w.next()
+		if ev.Type != transport.EventHolder || ev.Holder != holder || ev.Token != token {
+			t.Fatalf("watch line %+v, want holder %q token %d", ev, holder, token)
+		}
+	}
+	want("", 0)
+	_, ev := e.acquired("a", "web-1")
+	want("web-1", ev.Token)
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
+	want("", ev.Token)
+	if got := e.metric("mpsync_elector_watchers"); got != "1" {
+		t.Errorf("watchers gauge %s, want 1", got)
+	}
+	w.close()
+	eventually(t, "watch ended", func() bool { return e.metric("mpsync_elector_watchers") == "0" })
+}
+
+// TestWatchHolderLineShape checks the exact bytes of a holder line: both
+// fields are always present, even when empty or zero.
+func TestWatchHolderLineShape(t *testing.T) {
+	b, err := json.Marshal(transport.HolderEvent{Type: transport.EventHolder})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), `{"type":"holder","holder":"","token":0}`; got != want {
+		t.Errorf("free-lock holder line %s, want %s", got, want)
+	}
+}
+
+// metric returns the value of an unlabelled series on /metrics.
+func (e *env) metric(series string) string {
+	e.t.Helper()
+	_, _, body := e.do("GET", "/metrics", "")
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func TestMetricsCount(t *testing.T) {
+	e := newEnv(t, Config{})
+	_, ev := e.acquired("a", "web-1")
+	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	eventually(t, "waiters gauge 1", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+	if got := e.metric("mpsync_elector_locks_held"); got != "1" {
+		t.Errorf("locks_held %s, want 1", got)
+	}
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
+	waiter.wantHead(200)
+	eventually(t, "counters", func() bool {
+		return e.metric(`mpsync_elector_acquisitions_total{protocol="v1"}`) == "2" &&
+			e.metric(`mpsync_elector_releases_total{cause="request"}`) == "1" &&
+			e.metric("mpsync_elector_waiters") == "0"
+	})
+}
+
+func TestShutdown(t *testing.T) {
+	e := newEnv(t, Config{})
+	holder, _ := e.acquired("a", "web-1")
+	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	watcher := e.open("GET", "/v1/locks/a/watch", "")
+	watcher.wantHead(200)
+	watcher.next()
+	e.doJSON("PUT", "/locks/b", "", 200, nil)
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	if err := e.s.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	t.Logf("Shutdown took %v", time.Since(start))
+
+	ev := holder.next()
+	if ev.Type != transport.EventLost || ev.Reason != transport.ReasonShutdown {
+		t.Errorf("holder got %+v, want lost with reason shutdown", ev)
+	}
+	holder.wantEnd()
+	h := waiter.wantHead(http.StatusServiceUnavailable)
+	var eb transport.ErrorBody
+	if err := json.Unmarshal(h.body, &eb); err != nil || eb.Code != transport.CodeUnavailable {
+		t.Errorf("waiter got %s, want code unavailable", h.body)
+	}
+	for {
+		ev := watcher.next()
+		if ev.Type == transport.EventHolder {
+			continue // the release may show before the end
+		}
+		if ev.Type != transport.EventError || ev.Code != transport.CodeUnavailable {
+			t.Errorf("watcher's last line %+v, want an error event with code unavailable", ev)
+		}
+		break
+	}
+	watcher.wantEnd()
+	if held, waiting := e.mem.Stats(); held != 0 || waiting != 0 {
+		t.Errorf("after Shutdown: %d held, %d waiting; want none", held, waiting)
+	}
+	// Later requests that would take or watch a lock get 503.
+	for _, r := range []struct{ method, path, body string }{
+		{"POST", "/v1/locks/c/acquire", `{"identity":"x"}`},
+		{"GET", "/v1/locks/c/watch", ""},
+		{"PUT", "/locks/c", ""},
+		{"GET", "/readyz", ""},
+	} {
+		if status, _, body := e.do(r.method, r.path, r.body); status != http.StatusServiceUnavailable {
+			t.Errorf("%s %s after Shutdown: %d %s, want 503", r.method, r.path, status, body)
+		}
+	}
+	if status, _, _ := e.do("GET", "/healthz", ""); status != 200 {
+		t.Errorf("healthz after Shutdown: %d, want 200 while still serving", status)
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	mem, err := newMemory(core.MinLease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close(context.Background())
+	tests := []struct {
+		name string
+		cfg  Config
+	}{
+		{"no backend", Config{Identity: "x"}},
+		{"no identity", Config{Backend: mem}},
+		{"short legacy TTL", Config{Backend: mem, Identity: "x", LegacyTTL: time.Millisecond}},
+		{"debug without revoke", Config{Backend: noRevoke{mem}, Identity: "x", Debug: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := New(tt.cfg); err == nil {
+				t.Error("New succeeded, want an error")
+			}
+		})
+	}
+}
+
+// noRevoke hides the memory backend's Revoke.
+type noRevoke struct{ backend.Backend }
+
+func newMemory(lease time.Duration) (*backend.Memory, error) { return backend.NewMemory(lease) }
