@@ -12,7 +12,12 @@ type httpTransport struct {
 	c *transport.Client
 }
 
-func newHTTPTransport(addr string) (Transport, error) {
+// NewHTTPTransport returns the transport that WithElector uses: HTTP to the
+// elector at addr ("http://host:port" or "host:port"), speaking the v1
+// protocol of PROTOCOL.md. Locks and elections may share one. It does not
+// contact the elector; errors from its methods wrap ErrUnavailable and name
+// the address when the elector cannot be reached.
+func NewHTTPTransport(addr string) (Transport, error) {
 	c, err := transport.New(addr)
 	if err != nil {
 		return nil, err

@@ -232,7 +232,7 @@ func newConfig(name string, opts []Option) (*config, error) {
 		if addr == "" {
 			addr = DefaultElector
 		}
-		t, err := newHTTPTransport(addr)
+		t, err := NewHTTPTransport(addr)
 		if err != nil {
 			return nil, err
 		}
