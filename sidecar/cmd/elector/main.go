@@ -26,8 +26,12 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/sidecar/backend"
+	"github.com/mpsync/mpsync/sidecar/kube"
 	"github.com/mpsync/mpsync/sidecar/server"
 )
 
@@ -50,6 +54,8 @@ type config struct {
 	logFormat     string
 	logLevel      zapcore.Level
 	debug         bool
+	clockOffset   time.Duration // fault tests only
+	clockRate     float64       // fault tests only
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -132,6 +138,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.Var(logFormat, "log-format", "log `format` on stderr: json or console (readable)")
 	fs.Var(levelValue{&cfg.logLevel}, "log-level", "least `level` logged: debug, info, warn or error")
 	fs.BoolVar(&cfg.debug, "debug-endpoints", false, "serve POST /debug/revoke/{name}, which takes a lock from its holder as a real loss would (for conformance tests; never in production)")
+	fs.DurationVar(&cfg.clockOffset, "test-clock-offset", 0, "fault tests only: run the kubernetes backend on a clock this `duration` ahead of the machine's")
+	fs.Float64Var(&cfg.clockRate, "test-clock-rate", 1, "fault tests only: run the kubernetes backend on a clock this many times as fast as the machine's (`rate` 0.5 to 2)")
 	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 
@@ -224,13 +232,40 @@ func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
 			"for locks between pods or machines.")
 		return backend.NewMemory(cfg.leaseDuration)
 	case "kubernetes":
-		return nil, usagef("kubernetes backend not built yet")
+		var clk clock.Clock = clock.Real{}
+		if cfg.clockOffset != 0 || cfg.clockRate != 1 {
+			skewed, err := clock.NewSkewed(cfg.clockOffset, cfg.clockRate)
+			if err != nil {
+				return nil, usagef("%v", err)
+			}
+			log.Warn("TEST CLOCK: the backend runs on a skewed clock", zap.Duration("offset", cfg.clockOffset), zap.Float64("rate", cfg.clockRate))
+			clk = skewed
+		}
+		rc, err := kube.RESTConfig(cfg.kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		cs, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		return kube.New(kube.Config{
+			Client:        cs,
+			Namespace:     cfg.namespace,
+			Identity:      cfg.identity,
+			LeaseDuration: cfg.leaseDuration,
+			Logger:        log,
+			Clock:         clk,
+		})
 	}
 	return nil, usagef("unknown backend %q", cfg.backend)
 }
 
 // run is the whole program; it returns the exit status.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "probe" {
+		return probe(args[1:], getenv, stderr)
+	}
 	cfg, err := parseFlags(args, getenv, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -309,4 +344,56 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	log.Info("stopped")
 	return status
+}
+
+// probe is `elector probe [healthz|readyz]`: it asks the elector that
+// --listen (or $MPSYNC_LISTEN) names for that endpoint and exits 0 on 200,
+// 1 otherwise. Kubernetes exec probes use it, so that the elector can stay
+// on the pod's loopback, where the kubelet's HTTP probes cannot reach.
+func probe(args []string, getenv func(string) string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("elector probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:13131", "`address` the elector serves on [$MPSYNC_LISTEN]")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "listen" })
+	if v := getenv(envName("listen")); v != "" && !given {
+		*listen = v
+	}
+	endpoint := "readyz"
+	switch fs.NArg() {
+	case 0:
+	case 1:
+		endpoint = fs.Arg(0)
+	default:
+		fmt.Fprintln(stderr, "elector probe: at most one endpoint: healthz or readyz")
+		return 2
+	}
+	if endpoint != "healthz" && endpoint != "readyz" {
+		fmt.Fprintf(stderr, "elector probe: unknown endpoint %q: healthz or readyz\n", endpoint)
+		return 2
+	}
+	host, port, err := net.SplitHostPort(*listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "elector probe: --listen %q: %v\n", *listen, err)
+		return 2
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/" + endpoint)
+	if err != nil {
+		fmt.Fprintf(stderr, "elector probe: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "elector probe: %s: %s %s\n", endpoint, resp.Status, strings.TrimSpace(string(body)))
+		return 1
+	}
+	return 0
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -109,7 +111,9 @@ func TestRunExitStatus(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, nil, 2, "-bogus"},
 		{"extra argument", []string{"serve"}, nil, 2, "serve"},
 		{"bad backend", []string{"--backend", "etcd"}, nil, 2, "memory, kubernetes"},
-		{"kubernetes not built", []string{"--backend", "kubernetes"}, nil, 2, "kubernetes backend not built yet"},
+		{"kubernetes outside a pod without a kubeconfig", []string{"--backend", "kubernetes"}, nil, 1, "give a kubeconfig outside a pod"},
+		{"kubernetes with a missing kubeconfig", []string{"--backend", "kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"}, nil, 1, "/nonexistent/kubeconfig"},
+		{"test clock rate out of range", []string{"--backend", "kubernetes", "--test-clock-rate", "3"}, nil, 2, "outside [0.5, 2]"},
 		{"short lease", []string{"--lease-duration", "500ms"}, nil, 2, "--lease-duration"},
 		{"bad duration", []string{"--lease-duration", "soon"}, nil, 2, "lease-duration"},
 		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "json, console"},
@@ -364,5 +368,52 @@ func post(t *testing.T, addr, path string) {
 	status, _ := bufio.NewReader(c).ReadString('\n')
 	if !strings.Contains(status, " 200 ") {
 		t.Fatalf("POST %s: %q", path, status)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	status := http.StatusOK
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" && r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	_, port, _ := net.SplitHostPort(addr)
+	noEnv := func(string) string { return "" }
+	tests := []struct {
+		name   string
+		args   []string
+		env    func(string) string
+		status int
+		want   int
+	}{
+		{"ready", []string{"probe", "--listen", addr}, noEnv, 200, 0},
+		{"healthz", []string{"probe", "--listen", addr, "healthz"}, noEnv, 200, 0},
+		{"any address means loopback", []string{"probe", "--listen", "0.0.0.0:" + port}, noEnv, 200, 0},
+		{"from the environment", []string{"probe"}, func(k string) string {
+			if k == "MPSYNC_LISTEN" {
+				return addr
+			}
+			return ""
+		}, 200, 0},
+		{"not ready", []string{"probe", "--listen", addr}, noEnv, 503, 1},
+		{"nobody listening", []string{"probe", "--listen", "127.0.0.1:1"}, noEnv, 200, 1},
+		{"unknown endpoint", []string{"probe", "--listen", addr, "metrics"}, noEnv, 200, 2},
+		{"two endpoints", []string{"probe", "--listen", addr, "readyz", "healthz"}, noEnv, 200, 2},
+		{"bad address", []string{"probe", "--listen", "nonsense"}, noEnv, 200, 2},
+		{"bad flag", []string{"probe", "--nope"}, noEnv, 200, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status = tt.status
+			var stderr strings.Builder
+			if got := run(tt.args, tt.env, io.Discard, &stderr); got != tt.want {
+				t.Errorf("run(%q) = %d, want %d; stderr: %s", tt.args, got, tt.want, stderr.String())
+			}
+		})
 	}
 }

@@ -1,0 +1,225 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/mpsync/mpsync/internal/clock"
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/sidecar/backend"
+)
+
+// grant is one acquisition of a Lease. It implements backend.Grant.
+type grant struct {
+	b       *Backend
+	st      *lease
+	holder  string // spec.holderIdentity written for it
+	session string
+	token   uint64
+	lease   time.Duration
+	done    chan struct{}
+	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
+
+	// guarded by b.mu
+	last  *coordinationv1.Lease // the last version this grant wrote or saw naming it
+	timer clock.Timer           // ends the grant at its local validity deadline
+	gen   uint64                // bumped whenever timer is re-armed
+	ended bool
+	err   error
+}
+
+var _ backend.Grant = (*grant)(nil)
+
+// armLocked (re)starts the local deadline: the validity of a write sent at
+// sent. With no renewal by then the grant ends with core.ErrExpired.
+func (g *grant) armLocked(sent time.Time) {
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	g.gen++
+	gen := g.gen
+	g.timer = g.b.clock.AfterFunc(g.b.clock.Until(sent.Add(core.Validity(g.lease))), func() {
+		b := g.b
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if g.gen != gen || g.ended {
+			return
+		}
+		g.endLocked(fmt.Errorf("%w: lease %s/%s", core.ErrExpired, b.ns, g.st.name))
+		b.log.Warn("lock lost: not renewed within its validity",
+			zap.String("name", g.st.name), zap.String("session", g.session))
+		// The holder's validity is over: release the Lease, so that
+		// others need not wait out its whole duration.
+		b.reconcileLocked(g.st)
+	})
+}
+
+// endLocked ends the grant with reason (nil for a release), unless it has
+// ended already.
+func (g *grant) endLocked(reason error) {
+	if g.ended {
+		return
+	}
+	g.ended = true
+	g.err = reason
+	if g.timer != nil {
+		g.timer.Stop()
+	}
+	close(g.done)
+	if g.st.grant == g {
+		g.st.grant = nil
+		g.st.broadcast()
+	}
+}
+
+func (g *grant) lastWritten() *coordinationv1.Lease {
+	g.b.mu.Lock()
+	defer g.b.mu.Unlock()
+	return g.last
+}
+
+// lostLocked is Renew's error once the grant has ended.
+func (g *grant) lostLocked() error {
+	reason := g.err
+	if reason == nil {
+		reason = core.ErrNotHeld
+	}
+	return fmt.Errorf("%w: %w", core.ErrLockLost, reason)
+}
+
+// Session implements backend.Grant: unique to this acquisition within the
+// Backend, and part of the holder identity written in the Lease.
+func (g *grant) Session() string { return g.session }
+
+// Token implements backend.Grant: the Lease's spec.leaseTransitions as this
+// acquisition wrote it.
+func (g *grant) Token() uint64 { return g.token }
+
+// Validity implements backend.Grant: core.Validity of the lease duration,
+// counted from when Acquire was called.
+func (g *grant) Validity() time.Duration { return core.Validity(g.lease) }
+
+// Done implements backend.Grant.
+func (g *grant) Done() <-chan struct{} { return g.done }
+
+// Err implements backend.Grant: nil while held and after Release, else
+// core.ErrRevoked, core.ErrExpired or core.ErrClosed (wrapped).
+func (g *grant) Err() error {
+	g.b.mu.Lock()
+	defer g.b.mu.Unlock()
+	return g.err
+}
+
+// Renew implements backend.Grant: an Update of spec.renewTime conditioned
+// on the last version this grant wrote. If that conflicts (someone else
+// wrote the Lease), it reads the Lease once and, if the Lease still names
+// this grant, writes again; otherwise the grant has been lost. The validity
+// returned counts from when Renew was called. Errors other than a loss
+// (wrapping core.ErrLockLost) are transient: the API server did not
+// answer, and the grant lasts until its local deadline.
+func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	start := g.b.clock.Now()
+	select {
+	case g.renewMu <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-g.renewMu }()
+
+	b := g.b
+	b.mu.Lock()
+	if g.ended {
+		err := g.lostLocked()
+		b.mu.Unlock()
+		return 0, err
+	}
+	base := g.last
+	b.mu.Unlock()
+
+	for attempt := 0; ; attempt++ {
+		obj := base.DeepCopy()
+		now := metav1.NewMicroTime(b.clock.Now())
+		secs := leaseSeconds(g.lease)
+		obj.Spec.RenewTime = &now
+		obj.Spec.LeaseDurationSeconds = &secs
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout(g.lease))
+		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
+		cancel()
+		if err == nil {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if g.ended {
+				// Expired while the write was on its way; reconcile
+				// releases what it wrote.
+				b.observeLocked(g.st, res, false)
+				return 0, g.lostLocked()
+			}
+			g.last = res
+			g.armLocked(start)
+			b.observeLocked(g.st, res, false)
+			return core.Validity(g.lease), nil
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		if !apierrors.IsConflict(err) || attempt > 0 {
+			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
+		}
+		cur, err := b.get(ctx, g.st, g.lease)
+		if err != nil && !errors.Is(err, errGone) {
+			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
+		}
+		b.mu.Lock()
+		if errors.Is(err, errGone) {
+			g.endLocked(fmt.Errorf("%w: lease %s/%s was deleted", core.ErrRevoked, b.ns, g.st.name))
+		}
+		if g.ended { // get applied a version naming someone else
+			err := g.lostLocked()
+			b.mu.Unlock()
+			return 0, err
+		}
+		g.last = cur
+		b.mu.Unlock()
+		base = cur
+	}
+}
+
+// Release implements backend.Grant: it ends the grant (Err stays nil) and
+// clears spec.holderIdentity, keeping spec.leaseTransitions. Waiters on
+// every elector learn of it from their watch. If the write fails the error
+// says so and the Lease is taken by others after its duration. Releasing a
+// grant that has ended does nothing and returns nil.
+func (g *grant) Release(ctx context.Context) error {
+	b := g.b
+	b.mu.Lock()
+	if g.ended {
+		b.mu.Unlock()
+		return nil
+	}
+	g.endLocked(nil)
+	g.st.releasing = g.holder
+	base := g.last
+	b.mu.Unlock()
+	err := b.clearHolder(ctx, g.st, base, g.holder, g.lease)
+	b.mu.Lock()
+	if g.st.releasing == g.holder {
+		g.st.releasing = ""
+	}
+	b.mu.Unlock()
+	if err != nil {
+		b.log.Warn("release failed; the lease expires after its duration", zap.String("name", g.st.name), zap.Error(err))
+		return err
+	}
+	b.log.Debug("lock released", zap.String("name", g.st.name), zap.String("session", g.session))
+	return nil
+}

@@ -1,0 +1,476 @@
+// Package kube is the elector's Kubernetes backend: every lock is a
+// coordination.k8s.io/v1 Lease in the elector's namespace, kept through
+// client-go. etcd behind the API server gives it consensus; this package
+// adds the timing model of DESIGN.md on top of resourceVersion-conditioned
+// writes.
+//
+// # How a Lease is used
+//
+// One Lease per lock name. The elector creates it (labelled
+// app.kubernetes.io/managed-by=mpsync-elector) the first time the lock is
+// taken and never deletes it. An acquisition writes
+// spec.holderIdentity = "<client identity>@<elector identity>#<session>",
+// a fresh value for every acquisition, increments spec.leaseTransitions (the
+// fencing token), and sets acquireTime and renewTime to the elector's clock
+// and leaseDurationSeconds to the lease duration rounded up to whole seconds.
+// A renewal rewrites renewTime; a release clears holderIdentity and keeps
+// everything else, so the token counter survives. Every write is an Update
+// conditioned on the resourceVersion last seen (or a Create), so of two
+// electors racing for a lock one gets a conflict and loses; there are never
+// two winners.
+//
+// # Waiting without polling
+//
+// Each Backend runs one informer over all the Leases of its namespace (no
+// label selector, so that Leases written by client-go's leader election are
+// seen too) and remembers, for each Lease, the resourceVersion it last saw
+// and the moment, on this process's monotonic clock, when it first saw it.
+// A waiter learns of a release from the watch and writes at once. A Lease
+// that still names a holder is taken only after its spec.leaseDurationSeconds
+// (as written in the Lease) of this elector's time since it last saw the
+// Lease change; wall-clock timestamps written by other hosts (renewTime,
+// acquireTime) decide nothing. This is the rule client-go's LeaderElector
+// follows with its observed time, which makes the two compatible: a client-go
+// candidate using a LeaseLock and mpsync clients contending for one Lease
+// never both lead.
+//
+// # Losing a lock
+//
+// A grant ends with core.ErrRevoked when the watch shows the Lease naming
+// another holder (taken after an expiry, or edited by an operator) or
+// deleted, and with core.ErrExpired at its local validity deadline when
+// renewals keep failing (the API server down or unreachable). The SDK's own
+// timer ends the client's leadership context first, since it counts from
+// the earlier moment it sent its request.
+package kube
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	coordinformers "k8s.io/client-go/informers/coordination/v1"
+	"k8s.io/client-go/kubernetes"
+	coordclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/mpsync/mpsync/internal/clock"
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/sidecar/backend"
+)
+
+const (
+	// ManagedByLabel is the label the elector puts on every Lease it
+	// creates, with the value ManagedBy. Leases without it (created by
+	// client-go's leader election, say) are used all the same.
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	// ManagedBy is the value of ManagedByLabel on Leases the elector
+	// creates.
+	ManagedBy = "mpsync-elector"
+	// DefaultLeaseDuration is the lease duration when Config.LeaseDuration
+	// is zero: client-go's usual 15 seconds.
+	DefaultLeaseDuration = 15 * time.Second
+	// closeTimeout bounds Close when its context has no deadline.
+	closeTimeout = 5 * time.Second
+	// maxRequestTimeout bounds every single request to the API server.
+	maxRequestTimeout = 5 * time.Second
+)
+
+// Config configures a Backend. Client, Namespace and Identity are required.
+type Config struct {
+	// Client talks to the API server; see RESTConfig.
+	Client kubernetes.Interface
+	// Namespace holds the Leases: the elector's own (its pod's).
+	Namespace string
+	// Identity names this elector (its pod name); it is part of every
+	// holder identity it writes, so that `kubectl get leases` shows which
+	// pod holds what. It must not contain '@' or '#'. Electors should not
+	// share one, though nothing breaks if they do: each Backend also
+	// tells its own sessions apart by a random prefix.
+	Identity string
+	// LeaseDuration is the lease duration of a core.Request whose Lease is
+	// zero; zero means DefaultLeaseDuration. At least core.MinLease.
+	LeaseDuration time.Duration
+	// Logger receives the backend's logs; nil means none.
+	Logger *zap.Logger
+	// Clock times every decision of the backend (when a lease may be
+	// taken, when a grant's validity ends) and writes acquireTime and
+	// renewTime; nil means the machine's. The fault tests give electors
+	// skewed clocks to show that nothing depends on agreeing with others.
+	Clock clock.Clock
+}
+
+// RESTConfig returns the client configuration for an elector: from the
+// kubeconfig file at path kubeconfig (its current context), or, when
+// kubeconfig is empty, the in-cluster service account of the pod. It raises
+// client-go's default client-side rate limit (5 requests per second), which
+// an elector renewing many locks would hit.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		if kubeconfig == "" {
+			return nil, fmt.Errorf("kube: in-cluster configuration (give a kubeconfig outside a pod): %w", err)
+		}
+		return nil, fmt.Errorf("kube: kubeconfig %s: %w", kubeconfig, err)
+	}
+	rc.QPS = 50
+	rc.Burst = 100
+	rc.UserAgent = "mpsync-elector"
+	return rc, nil
+}
+
+// Backend keeps locks as Leases. Create it with New; it is safe for
+// concurrent use. Close it to release what it holds and stop its watch.
+type Backend struct {
+	client   coordclient.LeaseInterface
+	ready    rest.Interface // for Ready's /readyz; nil if the client has none
+	ns       string
+	identity string
+	lease    time.Duration
+	log      *zap.Logger
+	clock    clock.Clock
+	instance string // random, unique to this Backend: the prefix of its sessions
+
+	informer     cache.SharedIndexInformer
+	synced       <-chan struct{} // closed when the handler has had the initial list
+	stopInformer context.CancelFunc
+	informerDone chan struct{}
+
+	done      chan struct{} // closed by Close
+	closeDone chan struct{} // closed when Close has finished
+	active    sync.WaitGroup
+	orphans   sync.WaitGroup
+
+	mu         sync.Mutex
+	leases     map[string]*lease
+	sessions   uint64
+	closed     bool
+	orphansEnd bool // no more orphan releases may start
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New validates cfg and returns a Backend whose informer has started
+// watching the Leases of cfg.Namespace. It does not wait for the API
+// server: Ready reports when the watch has synced, and Acquire and Watch
+// wait for that.
+func New(cfg Config) (*Backend, error) {
+	switch {
+	case cfg.Client == nil:
+		return nil, errors.New("kube: Config.Client is nil")
+	case cfg.Identity == "":
+		return nil, errors.New("kube: Config.Identity is empty")
+	case strings.ContainsAny(cfg.Identity, "@#"):
+		return nil, fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
+	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
+		return nil, fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
+	}
+	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
+		return nil, fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("kube: session prefix: %w", err)
+	}
+	b := &Backend{
+		client:       cfg.Client.CoordinationV1().Leases(cfg.Namespace),
+		ns:           cfg.Namespace,
+		identity:     cfg.Identity,
+		lease:        cfg.LeaseDuration,
+		log:          cfg.Logger,
+		clock:        cfg.Clock,
+		instance:     hex.EncodeToString(rnd[:]),
+		done:         make(chan struct{}),
+		closeDone:    make(chan struct{}),
+		informerDone: make(chan struct{}),
+		leases:       make(map[string]*lease),
+	}
+	if b.lease == 0 {
+		b.lease = DefaultLeaseDuration
+	}
+	if b.log == nil {
+		b.log = zap.NewNop()
+	}
+	if b.clock == nil {
+		b.clock = clock.Real{}
+	}
+	b.log = b.log.With(zap.String("backend", "kubernetes"), zap.String("namespace", b.ns))
+	if rc := cfg.Client.CoordinationV1().RESTClient(); rc != nil {
+		if r, ok := rc.(*rest.RESTClient); !ok || r != nil {
+			b.ready = rc
+		}
+	}
+
+	b.informer = coordinformers.NewLeaseInformer(cfg.Client, cfg.Namespace, 0, cache.Indexers{})
+	reg, err := b.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { b.onEvent(obj, false) },
+		UpdateFunc: func(_, obj any) { b.onEvent(obj, false) },
+		DeleteFunc: func(obj any) { b.onEvent(obj, true) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kube: lease informer: %w", err)
+	}
+	b.synced = reg.HasSyncedChecker().Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stopInformer = cancel
+	go func() {
+		defer close(b.informerDone)
+		b.informer.RunWithContext(ctx)
+	}()
+	b.log.Info("kubernetes backend: one Lease per lock",
+		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance))
+	return b, nil
+}
+
+// requestTimeout bounds one request about a lease of duration d: a write
+// that takes longer than half the lease is worth little.
+func requestTimeout(d time.Duration) time.Duration {
+	return min(d/2, maxRequestTimeout)
+}
+
+// waitSynced waits until the informer has delivered the initial list of
+// Leases. It returns ctx.Err() or core.ErrClosed if those come first.
+func (b *Backend) waitSynced(ctx context.Context) error {
+	select {
+	case <-b.synced:
+		return nil
+	case <-b.done:
+		return core.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Watch implements backend.Backend: it calls fn with the state of the lock
+// name and again after every change of holder or token, from the calling
+// goroutine, until ctx ends (it returns ctx.Err()) or the Backend closes
+// (core.ErrClosed). The first call waits for the watch to sync. Changes
+// during a slow fn coalesce: the next call gets the latest state. Holder
+// identities written by mpsync electors are reported as the client's
+// identity; any other holder (a client-go candidate) as written.
+func (b *Backend) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	if err := core.ValidateName(name); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return core.ErrClosed
+	}
+	st := b.leaseLocked(name)
+	b.mu.Unlock()
+	if err := b.waitSynced(ctx); err != nil {
+		return err
+	}
+	var last core.Holder
+	first := true
+	for {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return core.ErrClosed
+		}
+		h := st.holder()
+		changed := st.changed
+		b.mu.Unlock()
+		if first || h != last {
+			first, last = false, h
+			fn(h)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.done:
+			return core.ErrClosed
+		case <-changed:
+		}
+	}
+}
+
+// Ready implements backend.Backend: nil when the lease watch has synced and
+// the API server answers its /readyz, else an error saying which is not.
+func (b *Backend) Ready(ctx context.Context) error {
+	select {
+	case <-b.done:
+		return core.ErrClosed
+	default:
+	}
+	select {
+	case <-b.synced:
+	default:
+		return errors.New("kube: lease watch has not synced with the API server yet")
+	}
+	if b.ready == nil {
+		return nil
+	}
+	if err := b.ready.Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
+		return fmt.Errorf("kube: API server not ready: %w", err)
+	}
+	return nil
+}
+
+// Close implements backend.Backend. It ends every grant this Backend holds
+// (their Err reports core.ErrClosed) and releases their Leases, fails every
+// waiting Acquire and every Watch with core.ErrClosed, and stops the
+// informer. It returns when all of that has finished or ctx ends (without a
+// deadline on ctx, after at most five seconds); the error joins the
+// releases that failed, whose Leases others take after their duration.
+// Later calls return nil once the first has finished.
+func (b *Backend) Close(ctx context.Context) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		select {
+		case <-b.closeDone:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer close(b.closeDone)
+	b.closed = true
+	close(b.done)
+	type held struct {
+		st *lease
+		g  *grant
+	}
+	var all []held
+	for _, st := range b.leases {
+		if g := st.grant; g != nil {
+			g.endLocked(core.ErrClosed)
+			st.releasing = g.holder
+			all = append(all, held{st, g})
+		}
+		st.broadcast()
+	}
+	b.mu.Unlock()
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, closeTimeout)
+		defer cancel()
+	}
+	errs := make([]error, len(all))
+	var wg sync.WaitGroup
+	for i, h := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = b.clearHolder(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
+			b.mu.Lock()
+			h.st.releasing = ""
+			b.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	var err error
+	if werr := waitCtx(ctx, &b.active); werr != nil {
+		err = fmt.Errorf("kube: acquisitions still in flight at close: %w", werr)
+	}
+	b.stopInformer()
+	<-b.informerDone
+	b.mu.Lock()
+	b.orphansEnd = true
+	b.mu.Unlock()
+	if werr := waitCtx(ctx, &b.orphans); werr != nil && err == nil {
+		err = fmt.Errorf("kube: releases still in flight at close: %w", werr)
+	}
+	b.log.Info("closed", zap.Int("released", len(all)))
+	return errors.Join(append(errs, err)...)
+}
+
+// waitCtx waits for wg or ctx, whichever comes first.
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// newSessionLocked returns a session name unique to this Backend.
+func (b *Backend) newSessionLocked() string {
+	b.sessions++
+	return fmt.Sprintf("%s-%d", b.instance, b.sessions)
+}
+
+// holderIdentity is what an acquisition writes into spec.holderIdentity.
+func (b *Backend) holderIdentity(client, session string) string {
+	return client + "@" + b.identity + "#" + session
+}
+
+// ownsSession reports whether holder names a session of this Backend.
+func (b *Backend) ownsSession(holder string) bool {
+	_, elector, session, ok := splitHolder(holder)
+	return ok && elector == b.identity && strings.HasPrefix(session, b.instance+"-")
+}
+
+// splitHolder splits a holder identity written by an mpsync elector,
+// "<client>@<elector>#<session>", into its parts. ok is false for any other
+// string, such as a client-go candidate's identity.
+func splitHolder(h string) (client, elector, session string, ok bool) {
+	i := strings.LastIndexByte(h, '#')
+	if i < 0 {
+		return "", "", "", false
+	}
+	j := strings.LastIndexByte(h[:i], '@')
+	if j <= 0 || j+1 == i || i+1 == len(h) || strings.IndexByte(h[j+1:i], '#') >= 0 {
+		return "", "", "", false
+	}
+	return h[:j], h[j+1 : i], h[i+1:], true
+}
+
+// clientIdentity is the identity Watch reports for a holder identity: the
+// client's part of one written by an mpsync elector, else all of it.
+func clientIdentity(h string) string {
+	if c, _, _, ok := splitHolder(h); ok {
+		return c
+	}
+	return h
+}
+
+// leaseSeconds is spec.leaseDurationSeconds for a lease of duration d:
+// rounded up, so that others never wait less than d.
+func leaseSeconds(d time.Duration) int32 {
+	return int32((d + time.Second - 1) / time.Second)
+}
+
+// transitions is spec.leaseTransitions of obj, 0 if unset or obj is nil.
+func transitions(obj *coordinationv1.Lease) uint64 {
+	if obj == nil || obj.Spec.LeaseTransitions == nil || *obj.Spec.LeaseTransitions < 0 {
+		return 0
+	}
+	return uint64(*obj.Spec.LeaseTransitions)
+}
+
+// holderOf is spec.holderIdentity of obj, "" if unset or obj is nil.
+func holderOf(obj *coordinationv1.Lease) string {
+	if obj == nil || obj.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *obj.Spec.HolderIdentity
+}

@@ -1,0 +1,145 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// The backend is tested against a real API server in test/kube; client-go's
+// fake clientset does not enforce resourceVersion, so it cannot show that
+// two electors never both win. These are the pure parts, and one smoke
+// test of the plumbing against the fake.
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestSplitHolder(t *testing.T) {
+	for _, c := range []struct {
+		in                       string
+		client, elector, session string
+		ok                       bool
+	}{
+		{"app@pod-1#ab12-3", "app", "pod-1", "ab12-3", true},
+		{"me@host@pod#s#ab-1", "me@host@pod#s", "", "", false},
+		{"a@b@pod#ab-1", "a@b", "pod", "ab-1", true},
+		{"x#y@pod#ab-1", "x#y", "pod", "ab-1", true},
+		{"client-go-candidate", "", "", "", false},
+		{"@pod#s", "", "", "", false},
+		{"c@#s", "", "", "", false},
+		{"c@pod#", "", "", "", false},
+		{"", "", "", "", false},
+	} {
+		client, elector, session, ok := splitHolder(c.in)
+		if ok != c.ok || ok && (client != c.client || elector != c.elector || session != c.session) {
+			t.Errorf("splitHolder(%q) = %q, %q, %q, %v; want %q, %q, %q, %v",
+				c.in, client, elector, session, ok, c.client, c.elector, c.session, c.ok)
+		}
+	}
+	if got := clientIdentity("client-go-candidate"); got != "client-go-candidate" {
+		t.Errorf("clientIdentity of a foreign holder = %q, want it whole", got)
+	}
+}
+
+func TestLeaseSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]int32{
+		time.Second: 1, 1500 * time.Millisecond: 2, 15 * time.Second: 15, 15*time.Second + 1: 16,
+	} {
+		if got := leaseSeconds(d); got != want {
+			t.Errorf("leaseSeconds(%v) = %d, want %d", d, got, want)
+		}
+	}
+}
+
+func TestNewer(t *testing.T) {
+	for _, c := range []struct {
+		rv, cur string
+		want    bool
+	}{
+		{"10", "", true},
+		{"10", "9", true},
+		{"9", "10", false},
+		{"10", "10", false},
+		{"abc", "10", true}, // not comparable: different counts as newer
+		{"abc", "abc", false},
+	} {
+		if got := newer(c.rv, c.cur); got != c.want {
+			t.Errorf("newer(%q, %q) = %v, want %v", c.rv, c.cur, got, c.want)
+		}
+	}
+}
+
+// TestFakeSmoke takes, renews and releases a lock through the fake
+// clientset, and checks Close.
+func TestFakeSmoke(t *testing.T) {
+	b, err := New(Config{Client: fake.NewClientset(), Namespace: "ns", Identity: "e0", LeaseDuration: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Token() != 1 {
+		t.Errorf("token %d, want 1", g.Token())
+	}
+	if _, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "other"}); !errors.Is(err, core.ErrLocked) {
+		t.Errorf("second Acquire = %v, want ErrLocked", err)
+	}
+	if v, err := g.Renew(ctx); err != nil || v != core.Validity(2*time.Second) {
+		t.Errorf("Renew = %v, %v", v, err)
+	}
+	if err := g.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "other", Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2.Token() != 2 {
+		t.Errorf("token %d, want 2", g2.Token())
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-g2.Done()
+	if !errors.Is(g2.Err(), core.ErrClosed) {
+		t.Errorf("Err after Close = %v, want ErrClosed", g2.Err())
+	}
+	if _, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "late"}); !errors.Is(err, core.ErrClosed) {
+		t.Errorf("Acquire after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestNewRejects: New refuses a configuration it cannot work with.
+func TestNewRejects(t *testing.T) {
+	cs := fake.NewClientset()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no client", Config{Namespace: "ns", Identity: "e"}},
+		{"no identity", Config{Client: cs, Namespace: "ns"}},
+		{"identity with @", Config{Client: cs, Namespace: "ns", Identity: "a@b"}},
+		{"identity with #", Config{Client: cs, Namespace: "ns", Identity: "a#b"}},
+		{"no namespace", Config{Client: cs, Identity: "e"}},
+		{"bad namespace", Config{Client: cs, Namespace: "Not_A_Label", Identity: "e"}},
+		{"short lease", Config{Client: cs, Namespace: "ns", Identity: "e", LeaseDuration: time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if b, err := New(tc.cfg); err == nil {
+				_ = b.Close(context.Background())
+				t.Errorf("New(%+v) succeeded", tc.cfg)
+			}
+		})
+	}
+}

@@ -1,0 +1,246 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/mpsync/mpsync/internal/core"
+)
+
+// lease is what a Backend knows of one Lease. Guarded by Backend.mu.
+type lease struct {
+	name string
+	// obj is the newest version seen (from the watch, a Get or a write of
+	// ours); nil while the Lease does not exist. Never modified: copy it.
+	obj *coordinationv1.Lease
+	// rv is the resourceVersion of the newest event applied, deletions
+	// included; older ones are ignored.
+	rv string
+	// seen is when this process first saw rv, on its monotonic clock: an
+	// unreleased Lease may be taken once its duration has passed since.
+	seen time.Time
+	// token is the greatest spec.leaseTransitions ever seen, so that a
+	// Lease deleted and created again does not reuse tokens.
+	token uint64
+	// grant is this Backend's live acquisition of the Lease, if any.
+	grant *grant
+	// pending is the holder identity of an acquisition in flight, and
+	// releasing that of a release in flight: neither is an orphan.
+	pending, releasing string
+	// orphanRV is the resourceVersion an orphan release is in flight for.
+	orphanRV string
+	// queue holds the Acquire calls waiting here, first come first.
+	queue []*waiter
+	// changed is closed and replaced whenever anything above changes.
+	changed chan struct{}
+}
+
+// waiter is one Acquire call queued for a lock. It is not of zero size, so
+// that pointers to distinct waiters differ.
+type waiter struct{ _ byte }
+
+func (b *Backend) leaseLocked(name string) *lease {
+	st := b.leases[name]
+	if st == nil {
+		st = &lease{name: name, changed: make(chan struct{})}
+		b.leases[name] = st
+	}
+	return st
+}
+
+func (st *lease) broadcast() {
+	close(st.changed)
+	st.changed = make(chan struct{})
+}
+
+// holder is the state Watch reports.
+func (st *lease) holder() core.Holder {
+	tok := st.token
+	if st.obj != nil {
+		tok = transitions(st.obj)
+	}
+	h := holderOf(st.obj)
+	if h == "" {
+		return core.Holder{Token: tok}
+	}
+	return core.Holder{Identity: clientIdentity(h), Token: tok}
+}
+
+// duration is how long, after it last changed, a Lease that names a holder
+// stays that holder's: its spec.leaseDurationSeconds, or the default lease
+// duration if it has none.
+func (b *Backend) duration(obj *coordinationv1.Lease) time.Duration {
+	if obj.Spec.LeaseDurationSeconds == nil || *obj.Spec.LeaseDurationSeconds <= 0 {
+		return b.lease
+	}
+	return time.Duration(*obj.Spec.LeaseDurationSeconds) * time.Second
+}
+
+// onEvent is the informer's handler: every Lease of the namespace, in the
+// order the watch delivers them.
+func (b *Backend) onEvent(obj any, deleted bool) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		// The deletion was missed while the watch was down: the last
+		// known state is older than the deletion, whose version is
+		// unknown.
+		l, ok := d.Obj.(*coordinationv1.Lease)
+		if !ok {
+			return
+		}
+		b.mu.Lock()
+		b.goneLocked(b.leaseLocked(l.Name))
+		b.mu.Unlock()
+		return
+	}
+	l, ok := obj.(*coordinationv1.Lease)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	b.observeLocked(b.leaseLocked(l.Name), l, deleted)
+	b.mu.Unlock()
+}
+
+// newer reports whether resourceVersion rv is newer than cur. Resource
+// versions compare as integers (Kubernetes 1.35 and later promise it); if
+// either is malformed, any different version counts as newer, which is
+// how informers treat them.
+func newer(rv, cur string) bool {
+	if cur == "" {
+		return true
+	}
+	if c, err := resourceversion.CompareResourceVersion(rv, cur); err == nil {
+		return c > 0
+	}
+	return rv != cur
+}
+
+// observeLocked applies a version of the Lease (or, if deleted, its
+// deletion) unless an equal or newer one has been applied already.
+func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bool) {
+	if !newer(obj.ResourceVersion, st.rv) {
+		return
+	}
+	st.rv = obj.ResourceVersion
+	st.seen = b.clock.Now()
+	if deleted {
+		st.obj = nil
+	} else {
+		st.obj = obj
+		st.token = max(st.token, transitions(obj))
+	}
+	b.reconcileLocked(st)
+	st.broadcast()
+}
+
+// goneLocked records that the Lease does not exist (a Get said so, or the
+// watch missed its deletion). Its last version stays the newest applied,
+// so stale events of the old object are ignored; a newer one brings it
+// back, which a later event or a conflicting write corrects.
+func (b *Backend) goneLocked(st *lease) {
+	if st.obj == nil {
+		return
+	}
+	st.obj = nil
+	st.seen = b.clock.Now()
+	b.reconcileLocked(st)
+	st.broadcast()
+}
+
+// reconcileLocked ends this Backend's grant on the Lease if the Lease no
+// longer names it, and releases the Lease if it names a session of this
+// Backend that holds nothing (a write whose answer was lost, a renewal that
+// landed after its grant expired, an acquisition whose caller left).
+func (b *Backend) reconcileLocked(st *lease) {
+	h := holderOf(st.obj)
+	if g := st.grant; g != nil {
+		if h == g.holder {
+			return
+		}
+		g.endLocked(fmt.Errorf("%w: lease %s/%s now names holder %q", core.ErrRevoked, b.ns, st.name, h))
+		b.log.Warn("lock lost: the lease names another holder",
+			zap.String("name", st.name), zap.String("session", g.session), zap.String("holder", h))
+	}
+	if h == "" || h == st.pending || h == st.releasing || !b.ownsSession(h) {
+		return
+	}
+	if st.orphanRV == st.obj.ResourceVersion || b.orphansEnd {
+		return
+	}
+	st.orphanRV = st.obj.ResourceVersion
+	obj := st.obj
+	b.orphans.Add(1)
+	go func() {
+		defer b.orphans.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), maxRequestTimeout)
+		defer cancel()
+		err := b.clearHolder(ctx, st, obj, h, b.duration(obj))
+		b.log.Debug("released an orphaned lease", zap.String("name", st.name), zap.String("holder", h), zap.Error(err))
+	}()
+}
+
+// clearHolder releases the Lease for holder: an Update of base clearing
+// spec.holderIdentity. On a conflict it reads the Lease again and retries
+// while it still names holder. d is the lease's duration, to bound each
+// request.
+func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
+	for range 3 {
+		obj := base.DeepCopy()
+		obj.Spec.HolderIdentity = nil
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
+		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
+		cancel()
+		if err == nil {
+			b.mu.Lock()
+			b.observeLocked(st, res, false)
+			b.mu.Unlock()
+			return nil
+		}
+		if !apierrors.IsConflict(err) {
+			return fmt.Errorf("kube: release %s/%s: %w", b.ns, st.name, err)
+		}
+		cur, err := b.get(ctx, st, d)
+		if errors.Is(err, errGone) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("kube: release %s/%s: %w", b.ns, st.name, err)
+		}
+		if holderOf(cur) != holder {
+			return nil // someone else's now, or gone
+		}
+		base = cur
+	}
+	return fmt.Errorf("kube: release %s/%s: conflicting writes kept racing it", b.ns, st.name)
+}
+
+// errGone is get's error for a Lease that does not exist.
+var errGone = errors.New("kube: lease does not exist")
+
+// get reads the Lease, applies what it finds, and returns it; errGone if
+// it does not exist.
+func (b *Backend) get(ctx context.Context, st *lease, d time.Duration) (*coordinationv1.Lease, error) {
+	rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
+	defer cancel()
+	cur, err := b.client.Get(rctx, st.name, metav1.GetOptions{})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case apierrors.IsNotFound(err):
+		b.goneLocked(st)
+		return nil, errGone
+	case err != nil:
+		return nil, err
+	}
+	b.observeLocked(st, cur, false)
+	return cur, nil
+}

@@ -1,0 +1,412 @@
+package kube_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/drivertest"
+	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/transport"
+)
+
+// These tests run elector processes on the kubernetes backend, started as
+//
+//	elector --backend kubernetes --kubeconfig F --namespace NS --identity ID \
+//	        --listen 127.0.0.1:0 --lease-duration D
+//
+// with the elector user's kubeconfig, and SDK clients in this process.
+
+// elector is a running elector process.
+type elector struct {
+	t      *testing.T
+	id     string
+	cmd    *exec.Cmd
+	addr   string // host:port
+	logs   *logSink
+	exited chan struct{}
+	err    error // from Wait; valid once exited is closed
+}
+
+// startElector starts an elector on the kubernetes backend for namespace
+// ns and waits until it serves and is ready. It is stopped (SIGTERM) at the
+// end of the test.
+func startElector(t *testing.T, ns, id string, lease time.Duration) *elector {
+	t.Helper()
+	c := needControlPlane(t)
+	logs := &logSink{serving: make(chan string, 1)}
+	cmd := exec.Command(electorBin(t),
+		"--backend", "kubernetes",
+		"--kubeconfig", c.electorKubeconfig,
+		"--namespace", ns,
+		"--identity", id,
+		"--listen", "127.0.0.1:0",
+		"--lease-duration", lease.String(),
+		"--log-level", "debug")
+	cmd.Stdout = io.Discard
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e := &elector{t: t, id: id, cmd: cmd, logs: logs, exited: make(chan struct{})}
+	go func() {
+		e.err = cmd.Wait()
+		close(e.exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-e.exited:
+		case <-time.After(waitFor):
+			t.Errorf("elector %s still running %v after SIGTERM; killing it", id, waitFor)
+			_ = cmd.Process.Kill()
+			<-e.exited
+		}
+		if t.Failed() {
+			t.Logf("elector %s log:\n%s", id, logs.String())
+		}
+	})
+	select {
+	case e.addr = <-logs.serving:
+	case <-e.exited:
+		t.Fatalf("elector %s exited before serving: %v\n%s", id, e.err, logs.String())
+	case <-time.After(waitFor):
+		t.Fatalf("elector %s not serving within %v\n%s", id, waitFor, logs.String())
+	}
+	eventually(t, "elector "+id+" ready", func() bool {
+		resp, err := http.Get("http://" + e.addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return e
+}
+
+// kill sends SIGKILL and waits for the process to end.
+func (e *elector) kill() {
+	_ = e.cmd.Process.Kill()
+	<-e.exited
+}
+
+// waiters reads the elector's mpsync_elector_waiters gauge.
+func (e *elector) waiters() string {
+	resp, err := http.Get("http://" + e.addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "mpsync_elector_waiters "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// logSink keeps an elector's stderr and finds its "serving" line.
+type logSink struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	serving chan string // the bound address, once
+	found   bool
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Write(p)
+	if !l.found {
+		for line := range strings.SplitSeq(l.buf.String(), "\n") {
+			var m struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" && m.Addr != "" {
+				l.found = true
+				l.serving <- m.Addr
+				break
+			}
+		}
+	}
+	return len(p), nil
+}
+
+func (l *logSink) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// httpTransport adapts the elector's HTTP client to mpsync.Transport, as
+// the root package does for WithElector (http.go), which exports no
+// constructor for it.
+type httpTransport struct {
+	c *transport.Client
+}
+
+func newTransport(t *testing.T, addr string) mpsync.Transport {
+	t.Helper()
+	c, err := transport.New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.CloseIdleConnections)
+	return httpTransport{c}
+}
+
+func (h httpTransport) Acquire(ctx context.Context, name, identity string, wait bool) (mpsync.Lease, error) {
+	l, err := h.c.Acquire(ctx, name, identity, wait)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (h httpTransport) Watch(ctx context.Context, name string, fn func(mpsync.Holder)) error {
+	return h.c.Watch(ctx, name, func(s core.Holder) { fn(mpsync.Holder(s)) })
+}
+
+// harness runs the conformance suite against elector processes on the
+// kubernetes backend.
+type harness struct {
+	electors []*elector
+	admin    kubernetes.Interface
+	ns       string
+	mu       sync.Mutex
+	next     int
+}
+
+// Transport returns a transport to the next elector, round robin.
+func (h *harness) Transport(t *testing.T) mpsync.Transport {
+	h.mu.Lock()
+	e := h.electors[h.next%len(h.electors)]
+	h.next++
+	h.mu.Unlock()
+	return newTransport(t, e.addr)
+}
+
+// Revoke writes a foreign holder into the Lease, as an operator (or a
+// client-go candidate after an expiry) would.
+func (h *harness) Revoke(t *testing.T, name string) {
+	t.Helper()
+	revoke(t, h.admin, h.ns, name, "revoked-by-test")
+}
+
+func revoke(t *testing.T, admin kubernetes.Interface, ns, name, holder string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(bg(), waitFor)
+	defer cancel()
+	for {
+		l, err := admin.CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("revoke %s: %v", name, err)
+		}
+		l.Spec.HolderIdentity = &holder
+		_, err = admin.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{})
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || !apierrors.IsConflict(err) {
+			t.Fatalf("revoke %s: %v", name, err)
+		}
+		// A renewal got in first: read it again.
+	}
+}
+
+// TestConformance runs the SDK's conformance suite against three elector
+// processes of distinct identities on the kubernetes backend; successive
+// clients talk to successive electors.
+func TestConformance(t *testing.T) {
+	ns := namespace(t)
+	const lease = 3 * time.Second
+	h := &harness{admin: cp.admin(t), ns: ns}
+	for i := range 3 {
+		h.electors = append(h.electors, startElector(t, ns, fmt.Sprintf("elector-%d", i), lease))
+	}
+	drivertest.RunConformanceTests(t, h)
+}
+
+func newLock(t *testing.T, e *elector, name, id string) *mpsync.Lock {
+	t.Helper()
+	l, err := mpsync.NewLock(name, mpsync.WithTransport(newTransport(t, e.addr)), mpsync.WithIdentity(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func lockCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(bg(), waitFor)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestHandoverByWatch: after Unlock, a client waiting on another elector
+// holds the lock within a fraction of the lease duration: its elector
+// learnt of the release from its watch.
+func TestHandoverByWatch(t *testing.T) {
+	ns := namespace(t)
+	const lease = 15 * time.Second
+	es := []*elector{startElector(t, ns, "elector-a", lease), startElector(t, ns, "elector-b", lease)}
+	const name = "handover"
+	locks := []*mpsync.Lock{newLock(t, es[0], name, "client-a"), newLock(t, es[1], name, "client-b")}
+	held, err := locks[0].Lock(lockCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var times []time.Duration
+	for round := range 6 {
+		from, to := round%2, (round+1)%2
+		got := make(chan context.Context, 1)
+		go func() {
+			h, err := locks[to].Lock(lockCtx(t))
+			if err != nil {
+				t.Errorf("round %d: %s.Lock: %v", round, locks[to].Identity(), err)
+			}
+			got <- h
+		}()
+		eventually(t, "the waiter's request reached its elector", func() bool { return es[to].waiters() == "1" })
+		start := time.Now()
+		if err := locks[from].Unlock(); err != nil {
+			t.Fatalf("round %d: Unlock: %v", round, err)
+		}
+		next := <-got
+		if next == nil {
+			return
+		}
+		took := time.Since(start)
+		times = append(times, took)
+		if held.Err() == nil {
+			t.Errorf("round %d: old leadership context live after Unlock", round)
+		}
+		if took > 3*time.Second {
+			t.Errorf("round %d: handover took %v; a watch-driven handover takes milliseconds (lease %v)", round, took, lease)
+		}
+		a, _ := mpsync.FencingToken(held)
+		b, _ := mpsync.FencingToken(next)
+		if b <= a {
+			t.Errorf("round %d: token %d not greater than %d", round, b, a)
+		}
+		held = next
+	}
+	_ = locks[len(times)%2].Unlock()
+	slices.Sort(times)
+	t.Logf("handover Unlock -> Lock on another elector: min %s, median %s, max %s (%d rounds)",
+		ms(times[0]), ms(times[len(times)/2]), ms(times[len(times)-1]), len(times))
+}
+
+// TestCrashFailover: SIGKILL the holder's elector. The holder's leadership
+// context ends at once (its stream broke), and a client waiting on another
+// elector holds the lock about one lease duration after the last renewal.
+func TestCrashFailover(t *testing.T) {
+	ns := namespace(t)
+	const lease = 3 * time.Second
+	ea, eb := startElector(t, ns, "elector-a", lease), startElector(t, ns, "elector-b", lease)
+	const name = "crash"
+	a, b := newLock(t, ea, name, "client-a"), newLock(t, eb, name, "client-b")
+	heldA, err := a.Lock(lockCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		aDone time.Time
+	)
+	stop := context.AfterFunc(heldA, func() {
+		mu.Lock()
+		aDone = time.Now()
+		mu.Unlock()
+	})
+	defer stop()
+	got := make(chan context.Context, 1)
+	go func() {
+		h, err := b.Lock(lockCtx(t))
+		if err != nil {
+			t.Errorf("b.Lock: %v", err)
+		}
+		got <- h
+	}()
+	eventually(t, "b's request reached its elector", func() bool { return eb.waiters() == "1" })
+	killed := time.Now()
+	ea.kill()
+	heldB := <-got
+	if heldB == nil {
+		return
+	}
+	bHeld := time.Now()
+	mu.Lock()
+	ad := aDone
+	mu.Unlock()
+	if ad.IsZero() || !ad.Before(bHeld) {
+		t.Fatalf("b holds the lock while a's leadership context is live (a done at %v, b held at %v)", ad, bHeld)
+	}
+	if cause := context.Cause(heldA); !errors.Is(cause, mpsync.ErrLockLost) {
+		t.Errorf("a's cause = %v, want ErrLockLost", cause)
+	}
+	failover := bHeld.Sub(killed)
+	t.Logf("crash failover: a's context ended %s after SIGKILL; b held the lock %s after SIGKILL (lease %v)",
+		ms(ad.Sub(killed)), ms(failover), lease)
+	if failover > lease+5*time.Second {
+		t.Errorf("failover took %v, want about the lease duration %v", failover, lease)
+	}
+	ta, _ := mpsync.FencingToken(heldA)
+	tb, _ := mpsync.FencingToken(heldB)
+	if tb <= ta {
+		t.Errorf("b's token %d not greater than a's %d", tb, ta)
+	}
+	_ = b.Unlock()
+	_ = a.Unlock()
+}
+
+// TestTokenIsLeaseTransitions: through any elector, the fencing token on
+// the leadership context is the Lease's spec.leaseTransitions, the holder
+// identity names client and elector, and tokens strictly increase.
+func TestTokenIsLeaseTransitions(t *testing.T) {
+	ns := namespace(t)
+	admin := cp.admin(t)
+	const lease = 5 * time.Second
+	es := []*elector{startElector(t, ns, "elector-0", lease), startElector(t, ns, "elector-1", lease), startElector(t, ns, "elector-2", lease)}
+	const name = "tokens"
+	var last uint64
+	for i := range 9 {
+		e := es[i%len(es)]
+		id := fmt.Sprintf("client-%d", i)
+		l := newLock(t, e, name, id)
+		held, err := l.Lock(lockCtx(t))
+		if err != nil {
+			t.Fatalf("%s via %s: Lock: %v", id, e.id, err)
+		}
+		tok, ok := mpsync.FencingToken(held)
+		lease := getLease(t, admin, ns, name)
+		if !ok || tok != transitionsOf(lease) {
+			t.Errorf("acquisition %d: token %d (ok=%v), Lease's leaseTransitions %d", i, tok, ok, transitionsOf(lease))
+		}
+		if want := id + "@" + e.id + "#"; !strings.HasPrefix(holderOf(lease), want) {
+			t.Errorf("acquisition %d: holderIdentity %q, want prefix %q", i, holderOf(lease), want)
+		}
+		if tok <= last {
+			t.Errorf("acquisition %d: token %d not greater than %d", i, tok, last)
+		}
+		last = tok
+		if err := l.Unlock(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
