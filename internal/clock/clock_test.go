@@ -12,7 +12,7 @@ func TestSkewed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := c.Now().Sub(time.Now()); d != 3*time.Hour {
+		if d := time.Until(c.Now()); d != 3*time.Hour {
 			t.Errorf("offset %v, want 3h", d)
 		}
 		t0 := c.Now()
