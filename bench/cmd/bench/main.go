@@ -1,0 +1,257 @@
+// Command bench is mpsync's benchmark harness: it measures leader election
+// through mpsync's elector on the Kubernetes backend side by side with
+// client-go's leaderelection package, against a real API server, and
+// mpsync's lock path on the memory backend. It prints a table and writes
+// it, with the machine, the versions and the command, into
+// docs/BENCHMARKS.md between markers, keeping the rest of that file.
+//
+// `make bench` runs it through hack/bench.sh, which builds the programs it
+// drives (bin/bench/clientgo-candidate, mpsync-candidate, mpsync-locker),
+// starts a control plane with hack/controlplane/start.sh and stops it
+// afterwards. By hand:
+//
+//	bench -controlplane DIR/env [-trials 7] [-failover-trials 5] [-window 60s] ...
+//
+// Every figure is the median, minimum and maximum over repeated trials;
+// nothing here passes or fails on speed. The exit status is 0 when every
+// measurement ran, 1 when one failed (the report says which), 2 for bad
+// flags. If the elector cannot run on the Kubernetes backend, the mpsync
+// half of the comparison is reported as not measured, and the rest runs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command line.
+type options struct {
+	controlplane, elector, bin, rbac, namespace, out, logs, command  string
+	trials, failoverTrials, loadWindows, memHandovers, rtTrials      int
+	window, rtDuration, kubePace, floorDuration, lease, renew, retry time.Duration
+	seed                                                             uint64
+}
+
+func parseFlags() options {
+	var o options
+	flag.StringVar(&o.controlplane, "controlplane", "", "the env `file` that hack/controlplane/start.sh wrote (required)")
+	flag.StringVar(&o.elector, "elector", "bin/elector", "the elector `binary`")
+	flag.StringVar(&o.bin, "bin", "bin/bench", "`directory` of clientgo-candidate, mpsync-candidate and mpsync-locker")
+	flag.StringVar(&o.rbac, "rbac", "examples/kubernetes/rbac.yaml", "RBAC `manifest` applied in the namespace")
+	flag.StringVar(&o.namespace, "namespace", "mpsync-bench", "`namespace` for the Leases")
+	flag.StringVar(&o.out, "out", "docs/BENCHMARKS.md", "Markdown `file` to write the results into (between markers); empty: do not write")
+	flag.StringVar(&o.logs, "logs", "bin/bench/logs", "`directory` for every process's log, one subdirectory per trial")
+	flag.StringVar(&o.command, "command", "", "the command to record as having produced the results (default: this one)")
+	flag.IntVar(&o.trials, "trials", 7, "graceful handover trials per system")
+	flag.IntVar(&o.failoverTrials, "failover-trials", 5, "crash failover trials per system")
+	flag.IntVar(&o.loadWindows, "load-windows", 3, "idle-load windows per system, and of the quiet baseline")
+	flag.DurationVar(&o.window, "window", 60*time.Second, "length of each idle-load window")
+	flag.IntVar(&o.memHandovers, "memory-handovers", 21, "lock handovers on the memory backend")
+	flag.IntVar(&o.rtTrials, "roundtrip-trials", 5, "Lock+Unlock round-trip trials per backend")
+	flag.DurationVar(&o.rtDuration, "roundtrip-duration", 3*time.Second, "length of each round-trip trial")
+	flag.DurationVar(&o.kubePace, "kube-pace", 50*time.Millisecond, "pause between round trips when timing them on the kubernetes backend, to stay under the elector's client-side rate limit")
+	flag.DurationVar(&o.floorDuration, "floor-duration", 3*time.Second, "how long to time raw Lease updates")
+	flag.DurationVar(&o.lease, "lease-duration", 15*time.Second, "lease duration of both systems")
+	flag.DurationVar(&o.renew, "renew-deadline", 10*time.Second, "client-go's RenewDeadline")
+	flag.DurationVar(&o.retry, "retry-period", 2*time.Second, "client-go's RetryPeriod")
+	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random delays before each signal (0: from the clock)")
+	flag.Parse()
+	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 1 ||
+		o.loadWindows < 1 || o.window <= 0 || o.memHandovers < 1 || o.rtTrials < 1
+	if bad {
+		fmt.Fprintln(os.Stderr, "usage: bench -controlplane DIR/env [flags]; see -help")
+		os.Exit(2)
+	}
+	if o.command == "" {
+		o.command = strings.Join(os.Args, " ")
+	}
+	if o.seed == 0 {
+		o.seed = uint64(time.Now().UnixNano())
+	}
+	return o
+}
+
+func main() {
+	o := parseFlags()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	failed, err := run(ctx, o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
+		os.Exit(1)
+	}
+	if failed {
+		stop()
+		os.Exit(1)
+	}
+}
+
+// progress reports what the harness is doing, on stderr.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// run runs every measurement and writes the report. failed is true when a
+// measurement failed; err is for the harness itself failing.
+func run(ctx context.Context, o options) (failed bool, err error) {
+	began := time.Now()
+	c, err := openCluster(o.controlplane)
+	if err != nil {
+		return false, err
+	}
+	if err := c.prepare(ctx, o.namespace, o.rbac); err != nil {
+		return false, err
+	}
+	logs, err := filepath.Abs(filepath.Join(o.logs, began.UTC().Format("20060102-150405")))
+	if err != nil {
+		return false, err
+	}
+	h := &harness{
+		c: c, ns: o.namespace, bin: o.bin, elector: o.elector, logs: logs,
+		lease: o.lease, renew: o.renew, retry: o.retry,
+		rng: rand.New(rand.NewPCG(o.seed, o.seed>>1|1)),
+	}
+	progress("logs in %s", logs)
+	r := newResults()
+
+	h.mpsyncErr = h.checkMpsyncKube(ctx)
+	if h.mpsyncErr != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		progress("NOT MEASURING mpsync on Kubernetes: the elector does not start with --backend=kubernetes: %v", h.mpsyncErr)
+	}
+
+	// mpsync's lock path through one elector.
+	progress("memory backend: %d lock handovers", o.memHandovers)
+	hs, err := h.memoryHandover(ctx, o.memHandovers)
+	r.record(ctx, "memory-handover", err)
+	r.memHandover = hs
+	progress("memory backend: %d × %v of back-to-back Lock+Unlock round trips", o.rtTrials, o.rtDuration)
+	p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
+	r.record(ctx, "roundtrip-memory", err)
+	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
+	if h.mpsyncErr == nil {
+		// Latency paced (back to back, the elector's client-side rate
+		// limit would set it), throughput back to back.
+		progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
+		p50s, p99s, _, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
+		if r.record(ctx, "roundtrip-kubernetes", err) {
+			r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
+			_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
+			r.record(ctx, "roundtrip-kubernetes", err)
+			r.rate["kubernetes"] = rates
+		}
+	}
+	progress("API server: raw Lease updates for %v", o.floorDuration)
+	floor, n, err := c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
+	r.record(ctx, "floor", err)
+	r.floor, r.floorN = floor.Seconds(), n
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+
+	// Leader election, client-go and mpsync trials interleaved so that a
+	// slow spell on the machine hits both.
+	for _, crash := range []bool{false, true} {
+		kind, trials := "handover", o.trials
+		if crash {
+			kind, trials = "failover", o.failoverTrials
+		}
+		for i := range trials {
+			for _, sys := range h.systems() {
+				key := kind + "/" + sys.name
+				if r.errs[key] != "" {
+					continue
+				}
+				res, err := h.leaderTrial(ctx, sys, crash)
+				if r.record(ctx, key, err) {
+					if kind == "handover" {
+						r.handover[sys.name] = append(r.handover[sys.name], res.fromSignal)
+						progress("%s %d/%d %s: %.3f s", kind, i+1, trials, sys.name, res.fromSignal)
+					} else {
+						r.failover[sys.name] = append(r.failover[sys.name], res.fromSignal)
+						r.expiry[sys.name] = append(r.expiry[sys.name], res.fromRenewal)
+						progress("%s %d/%d %s: %.3f s after the kill, %.3f s after the last renewal", kind, i+1, trials, sys.name, res.fromSignal, res.fromRenewal)
+					}
+				}
+			}
+			if ctx.Err() != nil {
+				return false, ctx.Err()
+			}
+		}
+	}
+
+	// Idle API load.
+	progress("quiet baseline: %d × %v with no candidates", o.loadWindows, o.window)
+	r.quiet, err = h.loadWindows(ctx, nil, o.loadWindows, o.window)
+	r.record(ctx, "load/quiet", err)
+	for _, sys := range h.systems() {
+		progress("idle load: three %s candidates, %d × %v", sys.name, o.loadWindows, o.window)
+		ws, err := h.loadWindows(ctx, &sys, o.loadWindows, o.window)
+		r.record(ctx, "load/"+sys.name, err)
+		r.load[sys.name] = ws
+	}
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+
+	info := gatherInfo(ctx, c, o, time.Since(began))
+	report := renderReport(r, h, o, info)
+	fmt.Println(report)
+	if o.out != "" {
+		if err := writeReport(o.out, report); err != nil {
+			return false, err
+		}
+		progress("wrote %s", o.out)
+	}
+	progress("done in %v", time.Since(began).Round(time.Second))
+	return len(r.errs) > 0, nil
+}
+
+// results holds every measurement, in seconds unless said otherwise.
+type results struct {
+	handover, failover map[string][]float64 // by system
+	expiry             map[string][]float64 // by system: failover from the last renewal
+	quiet              []window
+	load               map[string][]window // by system
+	memHandover        []float64
+	rtt, rtt99, rate   map[string][]float64 // by backend: p50s, p99s, round trips per second
+	floor              float64              // p50 of a raw Lease update
+	floorN             int
+	errs               map[string]string // measurement → what went wrong
+}
+
+func newResults() *results {
+	return &results{
+		handover: map[string][]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
+		load: map[string][]window{}, rtt: map[string][]float64{}, rtt99: map[string][]float64{}, rate: map[string][]float64{},
+		errs: map[string]string{},
+	}
+}
+
+// record notes err as the failure of measurement key, and reports whether
+// there was none.
+func (r *results) record(ctx context.Context, key string, err error) bool {
+	if err == nil {
+		return true
+	}
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return false
+	}
+	progress("FAILED %s: %v", key, err)
+	if r.errs[key] == "" {
+		r.errs[key] = err.Error()
+	}
+	return false
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mpsync/mpsync/bench/internal/measure"
+)
+
+// errTimeout is returned by group.wait when no line matched in time.
+var errTimeout = errors.New("bench: timed out waiting")
+
+// A tagged line is a benchmark line and the name of the process that wrote
+// it.
+type tagged struct {
+	proc string
+	measure.Line
+}
+
+// A proc is one process the harness started.
+type proc struct {
+	name  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser // nil unless asked for
+	log   string         // file with its stdout and stderr
+	done  chan struct{}  // closed when it has exited and its output is read
+	err   error          // Wait's error, set before done closes
+	late  bool           // stopped after the others (an elector)
+}
+
+// signal sends sig to p if it is still running.
+func (p *proc) signal(sig syscall.Signal) {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+// tell writes a command line to p's stdin.
+func (p *proc) tell(cmd string) error {
+	if p.stdin == nil {
+		return fmt.Errorf("bench: %s has no stdin", p.name)
+	}
+	_, err := fmt.Fprintln(p.stdin, cmd)
+	return err
+}
+
+// exited reports whether p has exited.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// tail returns the last n lines of p's log, for error messages.
+func (p *proc) tail(n int) string {
+	b, err := os.ReadFile(p.log)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// A group is the processes of one trial. Their benchmark lines arrive,
+// tagged, on one channel in the order they were read; stop ends them all.
+type group struct {
+	dir   string // their logs
+	lines chan tagged
+	mu    sync.Mutex
+	procs []*proc
+	wg    sync.WaitGroup // the readers of the processes' output
+}
+
+func newGroup(dir string) (*group, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return &group{dir: dir, lines: make(chan tagged, 4096)}, nil
+}
+
+// start runs argv as the process name, its output logged to dir/name.log.
+func (g *group) start(name string, withStdin bool, argv ...string) (*proc, error) {
+	logPath := filepath.Join(g.dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	// Killed with the harness, whatever happens to it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	if withStdin {
+		if p.stdin, err = cmd.StdinPipe(); err != nil {
+			logf.Close()
+			return nil, err
+		}
+	}
+	fmt.Fprintf(logf, "# %s\n", strings.Join(argv, " "))
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+	}
+	g.mu.Lock()
+	g.procs = append(g.procs, p)
+	g.mu.Unlock()
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer close(p.done)
+		defer logf.Close()
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			text := sc.Text()
+			fmt.Fprintln(logf, text)
+			if l, err := measure.ParseLine(text); err == nil {
+				g.lines <- tagged{proc: name, Line: l}
+			}
+		}
+		p.err = cmd.Wait()
+	}()
+	return p, nil
+}
+
+// wait returns the first line, from now on, for which match is true.
+// Lines that do not match are dropped. It gives up after timeout, if ctx
+// ends, or if the process dead (when not nil) exits first.
+func (g *group) wait(ctx context.Context, timeout time.Duration, what string, dead *proc, match func(tagged) bool) (tagged, error) {
+	ls, err := g.waitAll(ctx, timeout, what, dead, match)
+	if err != nil {
+		return tagged{}, err
+	}
+	return ls[0], nil
+}
+
+// waitAll is wait for several matchers at once: it returns, for each, the
+// first line from now on that it matches, in whatever order they arrive.
+func (g *group) waitAll(ctx context.Context, timeout time.Duration, what string, dead *proc, matches ...func(tagged) bool) ([]tagged, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var deadC <-chan struct{}
+	if dead != nil {
+		deadC = dead.done
+	}
+	got := make([]tagged, len(matches))
+	seen := make([]bool, len(matches))
+	left := len(matches)
+	take := func(l tagged) {
+		for i, m := range matches {
+			if !seen[i] && m(l) {
+				got[i], seen[i] = l, true
+				left--
+				return
+			}
+		}
+	}
+	for left > 0 {
+		select {
+		case l := <-g.lines:
+			take(l)
+		case <-deadC:
+			// Take what it printed before exiting, then give up.
+			for drained := false; !drained && left > 0; {
+				select {
+				case l := <-g.lines:
+					take(l)
+				default:
+					drained = true
+				}
+			}
+			if left > 0 {
+				return nil, fmt.Errorf("bench: %s exited (%v) while waiting for %s; its log ends:\n%s", dead.name, dead.err, what, dead.tail(10))
+			}
+		case <-timer.C:
+			return nil, fmt.Errorf("%w %v for %s", errTimeout, timeout, what)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return got, nil
+}
+
+// event matches a line of event from id.
+func event(ev, id string) func(tagged) bool {
+	return func(l tagged) bool { return l.Event == ev && l.ID == id }
+}
+
+// stop sends SIGTERM to every process still running (SIGCONT first), waits
+// up to grace for them, then kills the rest, and waits for their output.
+func (g *group) stop(grace time.Duration) {
+	g.mu.Lock()
+	procs := append([]*proc(nil), g.procs...)
+	g.mu.Unlock()
+	// Clients first, so that they release through their electors.
+	var first, late []*proc
+	for _, p := range procs {
+		if p.late {
+			late = append(late, p)
+		} else {
+			first = append(first, p)
+		}
+	}
+	stopProcs(first, grace)
+	stopProcs(late, grace)
+	for _, p := range procs {
+		if p.stdin != nil {
+			p.stdin.Close()
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		for range g.lines { // keep the readers from blocking
+		}
+	}()
+	go func() { g.wg.Wait(); close(done) }()
+	<-done
+	close(g.lines)
+}
+
+// stopProcs sends SIGTERM to each of procs, waits up to grace for all of
+// them, then kills those still running and waits for them.
+func stopProcs(procs []*proc, grace time.Duration) {
+	for _, p := range procs {
+		p.signal(syscall.SIGCONT)
+		p.signal(syscall.SIGTERM)
+	}
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	expired := false
+	for _, p := range procs {
+		if !expired {
+			select {
+			case <-p.done:
+				continue
+			case <-timer.C:
+				expired = true
+			}
+		}
+		p.signal(syscall.SIGKILL)
+		<-p.done
+	}
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mpsync/mpsync/bench/internal/measure"
+)
+
+// info is what the report says about the run besides the numbers.
+type info struct {
+	when, took                      string
+	nproc                           int
+	cpu, memory                     string
+	goVersion, clientGo, kube, etcd string
+	mpsyncRev                       string
+}
+
+func gatherInfo(ctx context.Context, c *cluster, o options, took time.Duration) info {
+	in := info{
+		when:      time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		took:      took.Round(time.Second).String(),
+		nproc:     runtime.NumCPU(),
+		cpu:       procField("/proc/cpuinfo", "model name"),
+		memory:    "unknown",
+		goVersion: runtime.Version(),
+		clientGo:  "unknown",
+		kube:      c.version(ctx),
+		etcd:      c.etcdVersion(ctx),
+		mpsyncRev: "unknown",
+	}
+	if kb, err := strconv.ParseFloat(strings.TrimSuffix(procField("/proc/meminfo", "MemTotal"), " kB"), 64); err == nil {
+		in.memory = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "k8s.io/client-go" {
+				in.clientGo = d.Version
+			}
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty").Output(); err == nil {
+		in.mpsyncRev = strings.TrimSpace(string(out))
+	}
+	return in
+}
+
+// procField returns the value of the first "key : value" line of a /proc
+// file, or "unknown".
+func procField(path, key string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// Formats of the figures.
+const (
+	secs = "%.3f" // seconds
+	msec = "%.2f" // milliseconds
+	rate = "%.1f" // per minute, per second
+)
+
+func renderReport(r *results, h *harness, o options, in info) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("## Results of the last run")
+	p("")
+	p("Measured %s; the run took %s.", in.when, in.took)
+	p("")
+	p("- Command: `%s`", o.command)
+	p("- Machine: %d CPUs (nproc), %s, %s memory, %s/%s", in.nproc, in.cpu, in.memory, runtime.GOOS, runtime.GOARCH)
+	p("- Versions: %s, k8s.io/client-go %s, kube-apiserver %s, etcd %s, mpsync %s", in.goVersion, in.clientGo, in.kube, in.etcd, in.mpsyncRev)
+	p("- Settings: lease duration %v for both; client-go renew deadline %v, retry period %v, `LeaseLock`, `ReleaseOnCancel: true`; mpsync one elector per candidate, `--backend=kubernetes --lease-duration=%v` (default log level, JSON logs to a file); every candidate and elector a separate process on this machine; times from CLOCK_MONOTONIC; before each signal a random wait of 1 s plus up to %v, from `-seed %d`",
+		o.lease, o.renew, o.retry, o.lease, h.phaseSpread(), o.seed)
+	p("- Figures: median [min–max] over the trials; ratios are of the medians, mpsync / client-go")
+	p("")
+
+	if h.mpsyncErr != nil {
+		p("**mpsync on Kubernetes NOT MEASURED**: `%s --backend=kubernetes` did not start: %s", o.elector, oneLine(h.mpsyncErr.Error()))
+		p("")
+	}
+	if len(r.errs) > 0 {
+		p("**Measurements that FAILED** (their rows are incomplete; logs under `%s`):", relPath(h.logs))
+		p("")
+		for _, k := range sortedKeys(r.errs) {
+			p("- %s: %s", k, oneLine(r.errs[k]))
+		}
+		p("")
+	}
+
+	p("### Leader election on Kubernetes: client-go and mpsync")
+	p("")
+	p("%s", electionTable(r, h, o).Markdown())
+	p("Idle load is net of the quiet baseline: the API server alone, no candidates, made %s lease requests/min (%s) over %d × %v.",
+		measure.Summarize(totals(r.quiet, nil)).Format(rate, 1), verbSummary(r.quiet), len(r.quiet), o.window)
+	p("Watches show up in `apiserver_request_total` only when they end; \"open lease watches\" is the `apiserver_longrunning_requests` gauge at the end of each window, net of the baseline.")
+	p("")
+
+	p("### mpsync's lock path")
+	p("")
+	p("%s", lockTable(r, h, o).Markdown())
+
+	p("### Every trial")
+	p("")
+	list := func(name string, xs []float64, unit float64, f string) {
+		if len(xs) == 0 {
+			return
+		}
+		s := make([]string, len(xs))
+		for i, x := range xs {
+			s[i] = fmt.Sprintf(f, x/unit)
+		}
+		p("- %s: %s", name, strings.Join(s, ", "))
+	}
+	for _, sys := range []string{"client-go", "mpsync"} {
+		list("graceful handover, "+sys+", s", r.handover[sys], 1, secs)
+	}
+	for _, sys := range []string{"client-go", "mpsync"} {
+		list("crash failover, "+sys+", s", r.failover[sys], 1, secs)
+	}
+	for _, sys := range []string{"client-go", "mpsync"} {
+		list("crash failover from the last renewal, "+sys+", s", r.expiry[sys], 1, secs)
+	}
+	list("quiet baseline, lease requests/min", totals(r.quiet, nil), 1, rate)
+	for _, sys := range []string{"client-go", "mpsync"} {
+		list("idle load, "+sys+", lease requests/min (net)", totals(r.load[sys], r.quiet), 1, rate)
+	}
+	list("memory backend handover, ms", r.memHandover, 1e-3, msec)
+	for _, backend := range []string{"memory", "kubernetes"} {
+		list(backend+" backend Lock+Unlock p50 per trial, ms", r.rtt[backend], 1e-3, msec)
+		list(backend+" backend Lock+Unlock p99 per trial, ms", r.rtt99[backend], 1e-3, msec)
+		list(backend+" backend round trips per second", r.rate[backend], 1, rate)
+	}
+	p("")
+	p("Logs of every process of this run were in `%s` on the machine that ran it.", relPath(h.logs))
+	return b.String()
+}
+
+func electionTable(r *results, h *harness, o options) measure.Table {
+	t := measure.Table{Header: []string{"measurement", "client-go", "mpsync", "mpsync / client-go", "goal (issue 6)"}}
+	na := func(s measure.Summary, f string, unit float64) string {
+		if s.N == 0 && h.mpsyncErr != nil {
+			return "not measured"
+		}
+		return s.Format(f, unit)
+	}
+	row := func(name string, cg, mp []float64, f, goal string) {
+		a, b := measure.Summarize(cg), measure.Summarize(mp)
+		t.Rows = append(t.Rows, []string{name, a.Format(f, 1), na(b, f, 1), measure.Ratio(b, a, "%.3f"), goal})
+	}
+	row("graceful handover: SIGTERM to the leader → next leader, s", r.handover["client-go"], r.handover["mpsync"], secs,
+		"client-go ≈1.6 (0.7–2.7); mpsync p50 ≤ 0.025 (≥ 50× faster)")
+	row("crash failover: SIGKILL (mpsync: candidate and its elector) → next leader, s", r.failover["client-go"], r.failover["mpsync"], secs,
+		fmt.Sprintf("client-go ≈15.8; mpsync within 0.1 of the lease (%.1f)", o.lease.Seconds()))
+	row("crash failover: the dead leader's last renewal (seen by a watch) → next leader, s", r.expiry["client-go"], r.expiry["mpsync"], secs,
+		fmt.Sprintf("the lease (%.1f), not the lease plus a polling period", o.lease.Seconds()))
+	row(fmt.Sprintf("idle API load, 3 candidates: lease requests/min (%d × %v)", o.loadWindows, o.window),
+		totals(r.load["client-go"], r.quiet), totals(r.load["mpsync"], r.quiet), rate,
+		"client-go ≈65; mpsync ≤ 1/5 of client-go")
+	for _, v := range verbs(r.quiet, r.load["client-go"], r.load["mpsync"]) {
+		row("  of which "+v, byVerb(r.load["client-go"], r.quiet, v), byVerb(r.load["mpsync"], r.quiet, v), rate, "")
+	}
+	row("  open lease watches (gauge)", watches(r.load["client-go"], r.quiet), watches(r.load["mpsync"], r.quiet), "%.0f", "")
+	return t
+}
+
+func lockTable(r *results, h *harness, o options) measure.Table {
+	t := measure.Table{Header: []string{"measurement", "median [min–max]", "trials", "goal (issue 6)"}}
+	add := func(name string, xs []float64, f string, unit float64, goal string) {
+		s := measure.Summarize(xs)
+		v := s.Format(f, unit)
+		if s.N == 0 && h.mpsyncErr != nil && strings.Contains(name, "kubernetes") {
+			v = "not measured"
+		}
+		t.Rows = append(t.Rows, []string{name, v, strconv.Itoa(s.N), goal})
+	}
+	add("memory backend: lock handover, Unlock → the waiting process's Lock returns, ms", r.memHandover, msec, 1e-3, "")
+	add(fmt.Sprintf("memory backend: uncontended Lock+Unlock round trip, back to back, p50 of each %v trial, ms", o.rtDuration), r.rtt["memory"], msec, 1e-3, "p50 ≤ 1 ms")
+	add(fmt.Sprintf("memory backend: the same, p99 of each %v trial, ms", o.rtDuration), r.rtt99["memory"], msec, 1e-3, "")
+	add("memory backend: back-to-back Lock+Unlock round trips per second, one client", r.rate["memory"], rate, 1, "")
+	add(fmt.Sprintf("kubernetes backend: uncontended Lock+Unlock round trip, one every %v, p50 of each %v trial, ms", o.kubePace, o.rtDuration), r.rtt["kubernetes"], msec, 1e-3, "report against the floor below")
+	add(fmt.Sprintf("kubernetes backend: the same, p99 of each %v trial, ms", o.rtDuration), r.rtt99["kubernetes"], msec, 1e-3, "")
+	add("kubernetes backend: back-to-back Lock+Unlock round trips per second, one client", r.rate["kubernetes"], rate, 1, "")
+	floor := []float64{}
+	if r.floorN > 0 {
+		floor = []float64{r.floor}
+	}
+	add(fmt.Sprintf("API server floor: one conditional Lease update, back to back, no client-side rate limit, p50 of %d, ms", r.floorN), floor, msec, 1e-3, "")
+	if s := measure.Summarize(r.rtt["kubernetes"]); s.N > 0 && r.floor > 0 {
+		t.Rows = append(t.Rows, []string{"kubernetes round trip / update floor", fmt.Sprintf("%.1f", s.Median/r.floor), "", ""})
+	}
+	return t
+}
+
+// totals returns, per window of ws, its lease requests per minute over all
+// verbs, less the median of the same over quiet (when not nil).
+func totals(ws, quiet []window) []float64 {
+	sum := func(w window) float64 {
+		var s float64
+		for _, v := range w.perMin {
+			s += v
+		}
+		return s
+	}
+	var base float64
+	if quiet != nil {
+		var qs []float64
+		for _, w := range quiet {
+			qs = append(qs, sum(w))
+		}
+		base = measure.Summarize(qs).Median
+	}
+	var out []float64
+	for _, w := range ws {
+		out = append(out, sum(w)-base)
+	}
+	return out
+}
+
+// byVerb is totals for one verb.
+func byVerb(ws, quiet []window, verb string) []float64 {
+	var qs []float64
+	for _, w := range quiet {
+		qs = append(qs, w.perMin[verb])
+	}
+	base := measure.Summarize(qs).Median
+	var out []float64
+	for _, w := range ws {
+		out = append(out, w.perMin[verb]-base)
+	}
+	return out
+}
+
+// watches returns the open lease watches at the end of each window of ws,
+// less the quiet median.
+func watches(ws, quiet []window) []float64 {
+	var qs []float64
+	for _, w := range quiet {
+		qs = append(qs, w.watches)
+	}
+	base := measure.Summarize(qs).Median
+	var out []float64
+	for _, w := range ws {
+		out = append(out, w.watches-base)
+	}
+	return out
+}
+
+// verbSummary describes the quiet windows' requests by verb.
+func verbSummary(quiet []window) string {
+	var parts []string
+	for _, v := range verbs(quiet) {
+		var xs []float64
+		for _, w := range quiet {
+			xs = append(xs, w.perMin[v])
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f", v, measure.Summarize(xs).Median))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// relPath returns path relative to the working directory when it is
+// under it.
+func relPath(path string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return path
+	}
+	if rel, err := filepath.Rel(wd, path); err == nil && !strings.HasPrefix(rel, "..") {
+		return rel
+	}
+	return path
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// writeReport puts report between the markers of the Markdown file path,
+// keeping the rest of it, creating it if need be.
+func writeReport(path, report string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	doc := string(old)
+	if doc == "" {
+		doc = "# Benchmarks\n\nWritten by `make bench` (hack/bench.sh, bench/cmd/bench).\n"
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(measure.Splice(doc, report)), 0o644)
+}

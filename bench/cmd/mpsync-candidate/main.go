@@ -1,0 +1,90 @@
+// Command mpsync-candidate is mpsync's side of the leader-election
+// benchmarks: a candidate that campaigns with mpsync.NewElection through
+// one elector until SIGTERM or SIGINT, when Run releases the lock if it
+// leads, and exits.
+//
+// Usage:
+//
+//	mpsync-candidate -elector ADDR -name LOCK -identity ID
+//
+// On stdout it prints the same lines as clientgo-candidate (package
+// bench/internal/measure): started, following (leader=...), leading
+// (token=...), stopped-leading, exiting.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/bench/internal/measure"
+)
+
+func main() {
+	elector := flag.String("elector", "", "elector `address` (required)")
+	name := flag.String("name", "bench", "`name` of the election")
+	identity := flag.String("identity", "", "this candidate's `identity` (required)")
+	flag.Parse()
+	if flag.NArg() > 0 || *elector == "" || *identity == "" {
+		flag.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, *elector, *name, *identity); err != nil {
+		_ = measure.Emit(os.Stdout, measure.EventExiting, *identity, "err", err.Error())
+		fmt.Fprintln(os.Stderr, "mpsync-candidate:", err)
+		stop()
+		os.Exit(1)
+	}
+	_ = measure.Emit(os.Stdout, measure.EventExiting, *identity)
+}
+
+func run(ctx context.Context, elector, name, id string) error {
+	el, err := mpsync.NewElection(name, mpsync.WithElector(elector), mpsync.WithIdentity(id))
+	if err != nil {
+		return err
+	}
+	_ = measure.Emit(os.Stdout, measure.EventStarted, id)
+	runErr := make(chan error, 1)
+	go func() { runErr <- el.Run(ctx) }()
+
+	var term <-chan struct{} // the current term's Done, nil when not leading
+	events := el.Events()
+	for events != nil {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			switch ev.Role {
+			case mpsync.Leader:
+				_ = measure.Emit(os.Stdout, measure.EventLeading, id, "token", strconv.FormatUint(ev.Token, 10))
+				term = ev.Context.Done()
+			case mpsync.Follower:
+				if term != nil {
+					_ = measure.Emit(os.Stdout, measure.EventStopped, id)
+					term = nil
+				}
+				_ = measure.Emit(os.Stdout, measure.EventFollowing, id, "leader", ev.Leader)
+			}
+		case <-term:
+			_ = measure.Emit(os.Stdout, measure.EventStopped, id)
+			term = nil
+		}
+	}
+	if term != nil {
+		_ = measure.Emit(os.Stdout, measure.EventStopped, id)
+	}
+	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
