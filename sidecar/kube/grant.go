@@ -55,9 +55,22 @@ func (g *grant) armLocked(sent time.Time) {
 		g.endLocked(fmt.Errorf("%w: lease %s/%s", core.ErrExpired, b.ns, g.st.name))
 		b.log.Warn("lock lost: not renewed within its validity",
 			zap.String("name", g.st.name), zap.String("session", g.session))
-		// The holder's validity is over: release the Lease, so that
-		// others need not wait out its whole duration.
-		b.reconcileLocked(g.st)
+		// The validity is over on this clock, but this clock may run fast
+		// against the client's, which counts the same validity from an
+		// earlier instant. So release the Lease only once the whole lease
+		// duration has passed here since the last renewal was sent: at
+		// least D*(1-Rho) of real time, past any holder's deadline, and
+		// still sooner than others would take it by waiting.
+		st := g.st
+		st.expired, st.clearAfter = g.holder, sent.Add(g.lease)
+		b.clock.AfterFunc(b.clock.Until(st.clearAfter), func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if st.obj != nil {
+				b.reconcileLocked(st)
+			}
+		})
+		b.reconcileLocked(st)
 	})
 }
 

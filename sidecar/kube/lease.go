@@ -38,6 +38,14 @@ type lease struct {
 	pending, releasing string
 	// orphanRV is the resourceVersion an orphan release is in flight for.
 	orphanRV string
+	// expired is the holder identity of this Backend's latest grant that
+	// ended at its validity deadline, and clearAfter the instant, on this
+	// Backend's clock, before which that holder must not be cleared from
+	// the Lease: the full lease duration after the write that last renewed
+	// it. The grant's client counts its validity on its own clock, which
+	// may run slower than this one by up to 2*core.Rho.
+	expired    string
+	clearAfter time.Time
 	// queue holds the Acquire calls waiting here, first come first.
 	queue []*waiter
 	// changed is closed and replaced whenever anything above changes.
@@ -175,6 +183,9 @@ func (b *Backend) reconcileLocked(st *lease) {
 	}
 	if st.orphanRV == st.obj.ResourceVersion || b.orphansEnd {
 		return
+	}
+	if h == st.expired && b.clock.Now().Before(st.clearAfter) {
+		return // armLocked reconciles again at clearAfter
 	}
 	st.orphanRV = st.obj.ResourceVersion
 	obj := st.obj
