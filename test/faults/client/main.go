@@ -1,0 +1,344 @@
+// Command client is the fault harness's lock client (package
+// github.com/mpsync/mpsync/test/faults). It holds locks and runs elections
+// through one elector with the SDK, and appends to a history file (package
+// history) when each of its leadership contexts began and ended, as this
+// process saw it, with the fencing token.
+//
+// Usage:
+//
+//	client -elector ADDR -name NAME -history FILE [-locks a,b:4s] [-elections e]
+//	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-seed N]
+//
+// For each lock of -locks it loops: Lock, hold for a random time up to
+// -hold-max (or the duration after the lock's name and a colon) while
+// checking the context, Unlock. For each election of
+// -elections it loops: Run an Election for a random time up to -run-max,
+// then stop it (a leader resigns). Every term, of a lock or as leader, is
+// one acquire record (the time Lock returned or the Leader event was read)
+// and one end record: the earliest of the moment the context was seen done
+// (context.AfterFunc), the term's local deadline (mpsync.ValidUntil) read
+// at that moment, and, for a term ended by Unlock, the moment Unlock was
+// called. A term whose context is already over when it is first looked at
+// is not recorded: its holder never acted on it.
+//
+// -stale-extra D is a test-only knob that breaks the guarantee on purpose:
+// a term that ended because the lock was lost or expired (not by Unlock or
+// by stopping) is recorded as ending D later, as if the client ignored the
+// end of its term for D. The harness uses it to show that the checker
+// catches overlaps.
+//
+// SIGTERM or SIGINT ends every term and election, records the ends, and
+// exits 0. Exit status 1: the history cannot be written (the run is then
+// worthless); 2: bad flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/test/faults/history"
+)
+
+// Backoff after a failed Lock (the elector down or restarting), doubling
+// between these bounds.
+const (
+	minBackoff = 20 * time.Millisecond
+	maxBackoff = 500 * time.Millisecond
+)
+
+// checkEvery is how often a holder looks at its context while it holds.
+const checkEvery = 5 * time.Millisecond
+
+func main() { os.Exit(run()) }
+
+type client struct {
+	elector    string
+	name       string
+	holdMax    time.Duration
+	runMax     time.Duration
+	staleExtra time.Duration
+	mono       history.Mono
+	w          *history.Writer
+
+	ends     sync.WaitGroup // end records still to be written
+	failed   atomic.Bool    // a record could not be written
+	terms    atomic.Int64
+	skipped  atomic.Int64
+	lockErrs atomic.Int64
+}
+
+func run() int {
+	c := &client{}
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	fs.StringVar(&c.elector, "elector", "", "elector `address` (host:port)")
+	fs.StringVar(&c.name, "name", "", "this process's `name`: its identity and the client of its records")
+	histPath := fs.String("history", "", "history `file` to append records to")
+	locks := fs.String("locks", "", "comma-separated `names` of locks to loop Lock/Unlock on, each optionally with :DURATION, its own -hold-max")
+	elections := fs.String("elections", "", "comma-separated `names` of elections to run")
+	fs.DurationVar(&c.holdMax, "hold-max", 60*time.Millisecond, "longest `time` a lock is held before Unlock")
+	fs.DurationVar(&c.runMax, "run-max", 3*time.Second, "longest `time` an Election runs before it is stopped")
+	fs.DurationVar(&c.staleExtra, "stale-extra", 0, "test-only: record lost or expired terms as ending this `much` later")
+	seed := fs.Uint64("seed", 0, "random `seed` (0: from the clock)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	switch {
+	case c.elector == "" || c.name == "" || *histPath == "":
+		fmt.Fprintln(os.Stderr, "client: -elector, -name and -history are required")
+		return 2
+	case *locks == "" && *elections == "":
+		fmt.Fprintln(os.Stderr, "client: give -locks or -elections")
+		return 2
+	case c.holdMax <= 0 || c.runMax <= 0 || c.staleExtra < 0:
+		fmt.Fprintln(os.Stderr, "client: -hold-max and -run-max must be positive, -stale-extra not negative")
+		return 2
+	}
+	specs, err := parseLocks(*locks, c.holdMax)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 2
+	}
+	if *seed == 0 {
+		*seed = uint64(time.Now().UnixNano())
+	}
+	f, err := os.OpenFile(*histPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	c.mono = history.NewMono()
+	c.w = history.NewWriter(f)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var wg sync.WaitGroup
+	i := uint64(0)
+	for _, l := range specs {
+		i++
+		rng := rand.New(rand.NewPCG(*seed, i))
+		wg.Go(func() { c.lockLoop(ctx, l.name, l.hold, rng) })
+	}
+	for name := range strings.SplitSeq(*elections, ",") {
+		if name == "" {
+			continue
+		}
+		i++
+		rng := rand.New(rand.NewPCG(*seed, i))
+		wg.Go(func() { c.electionLoop(ctx, name, rng) })
+	}
+	wg.Wait()
+	c.ends.Wait()
+	if err := f.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		c.failed.Store(true)
+	}
+	fmt.Fprintf(os.Stderr, "client %s: %d terms, %d seen over at once, %d failed Lock calls\n",
+		c.name, c.terms.Load(), c.skipped.Load(), c.lockErrs.Load())
+	if c.failed.Load() {
+		return 1
+	}
+	return 0
+}
+
+// lockSpec is one lock of -locks.
+type lockSpec struct {
+	name string
+	hold time.Duration // longest hold
+}
+
+// parseLocks parses -locks: NAME or NAME:DURATION, comma-separated.
+func parseLocks(s string, holdMax time.Duration) ([]lockSpec, error) {
+	var specs []lockSpec
+	for spec := range strings.SplitSeq(s, ",") {
+		if spec == "" {
+			continue
+		}
+		name, hold, found := strings.Cut(spec, ":")
+		d := holdMax
+		if found {
+			var err error
+			if d, err = time.ParseDuration(hold); err != nil || d <= 0 {
+				return nil, fmt.Errorf("-locks %s: want NAME or NAME:DURATION", spec)
+			}
+		}
+		specs = append(specs, lockSpec{name, d})
+	}
+	return specs, nil
+}
+
+func (c *client) write(r history.Record) {
+	if err := c.w.Write(r); err != nil {
+		if !c.failed.Swap(true) {
+			fmt.Fprintln(os.Stderr, "client: writing the history:", err)
+		}
+	}
+}
+
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// lockLoop holds the lock name over and over until ctx ends.
+func (c *client) lockLoop(ctx context.Context, name string, holdMax time.Duration, rng *rand.Rand) {
+	lk, err := mpsync.NewLock(name, mpsync.WithElector(c.elector), mpsync.WithIdentity(c.name))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		c.failed.Store(true)
+		return
+	}
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		held, err := lk.Lock(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.lockErrs.Add(1)
+			pause(ctx, backoff)
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = minBackoff
+		t := c.begin(name, held)
+		if t != nil {
+			hold := time.Duration(rng.Int64N(int64(holdMax) + 1))
+			work(held, hold)
+			t.unlockAt.Store(time.Now().UnixNano())
+		}
+		if err := lk.Unlock(); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "client %s: unlock %s: %v\n", c.name, name, err)
+		}
+	}
+}
+
+// work stands for the holder's work: it runs for d, or until held ends,
+// looking at held as work that must stop with the term would.
+func work(held context.Context, d time.Duration) {
+	stop := time.NewTimer(d)
+	defer stop.Stop()
+	tick := time.NewTicker(checkEvery)
+	defer tick.Stop()
+	for held.Err() == nil {
+		select {
+		case <-held.Done():
+			return
+		case <-stop.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// electionLoop runs the election name, in rounds of random length, until
+// ctx ends.
+func (c *client) electionLoop(ctx context.Context, name string, rng *rand.Rand) {
+	for ctx.Err() == nil {
+		el, err := mpsync.NewElection(name, mpsync.WithElector(c.elector), mpsync.WithIdentity(c.name))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			c.failed.Store(true)
+			return
+		}
+		d := time.Duration(rng.Int64N(int64(c.runMax))) + time.Millisecond
+		round, cancel := context.WithTimeoutCause(ctx, d, errResign)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = el.Run(round) // returns round.Err()
+		}()
+		for ev := range el.Events() {
+			if ev.Role == mpsync.Leader {
+				c.begin(name, ev.Context)
+			}
+		}
+		<-done
+		cancel()
+	}
+}
+
+// errResign ends an election round: its leader, if it is one, resigns.
+var errResign = errors.New("client: election round over")
+
+// term is one recorded term.
+type term struct {
+	unlockAt atomic.Int64 // UnixNano when the holder called Unlock; 0 if not yet
+}
+
+// begin records the start of the term whose leadership context is held,
+// and arranges for its end to be recorded. It returns nil, recording
+// nothing, if held is already over: its holder never acted on it.
+func (c *client) begin(lock string, held context.Context) *term {
+	start := time.Now()
+	if held.Err() != nil {
+		c.skipped.Add(1)
+		return nil
+	}
+	// held was live after start: the end below is after start too.
+	tok, ok := mpsync.FencingToken(held)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "client %s: %s: not a leadership context\n", c.name, lock)
+		c.failed.Store(true)
+		return nil
+	}
+	c.terms.Add(1)
+	c.write(history.Record{Ev: history.Acquire, T: c.mono.At(start), Lock: lock, Client: c.name, Token: tok})
+	t := &term{}
+	c.ends.Add(1)
+	context.AfterFunc(held, func() {
+		defer c.ends.Done()
+		end := time.Now()
+		if vu, ok := mpsync.ValidUntil(held); ok && vu.Before(end) {
+			end = vu
+		}
+		cause := context.Cause(held)
+		if u := t.unlockAt.Load(); u != 0 && errors.Is(cause, mpsync.ErrUnlocked) {
+			// The holder stopped acting when it called Unlock.
+			if ut := time.Unix(0, u); ut.Before(end) {
+				end = ut
+			}
+		}
+		voluntary := errors.Is(cause, mpsync.ErrUnlocked) || errors.Is(cause, context.Canceled) || errors.Is(cause, errResign)
+		if !voluntary && c.staleExtra > 0 {
+			end = end.Add(c.staleExtra)
+		}
+		c.write(history.Record{Ev: history.End, T: c.mono.At(end), Lock: lock, Client: c.name, Token: tok, Cause: causeWord(cause)})
+	})
+	return t
+}
+
+// causeWord names why a term ended, for the record.
+func causeWord(err error) string {
+	switch {
+	case errors.Is(err, mpsync.ErrUnlocked):
+		return "unlocked"
+	case errors.Is(err, context.Canceled):
+		return "stopped"
+	case errors.Is(err, errResign):
+		return "resigned"
+	case errors.Is(err, mpsync.ErrExpired):
+		return "expired"
+	case errors.Is(err, mpsync.ErrRevoked):
+		return "revoked"
+	case errors.Is(err, mpsync.ErrUnavailable):
+		return "elector-unavailable"
+	case errors.Is(err, mpsync.ErrLockLost):
+		return "lost"
+	}
+	return "other"
+}
