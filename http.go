@@ -16,7 +16,9 @@ type httpTransport struct {
 // elector at addr ("http://host:port" or "host:port"), speaking the v1
 // protocol of PROTOCOL.md. Locks and elections may share one. It does not
 // contact the elector; errors from its methods wrap ErrUnavailable and name
-// the address when the elector cannot be reached.
+// the address when the elector cannot be reached. The Transport also has a
+// method CloseIdleConnections(), which closes the keep-alive connections
+// that no exchange is using.
 func NewHTTPTransport(addr string) (Transport, error) {
 	c, err := transport.New(addr)
 	if err != nil {
@@ -32,6 +34,9 @@ func (t httpTransport) Acquire(ctx context.Context, name, identity string, wait 
 	}
 	return l, nil
 }
+
+// CloseIdleConnections closes the connections that no exchange is using.
+func (t httpTransport) CloseIdleConnections() { t.c.CloseIdleConnections() }
 
 func (t httpTransport) Watch(ctx context.Context, name string, fn func(Holder)) error {
 	return t.c.Watch(ctx, name, func(h core.Holder) { fn(Holder(h)) })

@@ -23,8 +23,6 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/drivertest"
-	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
 )
 
 // These tests run elector processes on the kubernetes backend, started as
@@ -154,33 +152,14 @@ func (l *logSink) String() string {
 	return l.buf.String()
 }
 
-// httpTransport adapts the elector's HTTP client to mpsync.Transport, as
-// the root package does for WithElector (http.go), which exports no
-// constructor for it.
-type httpTransport struct {
-	c *transport.Client
-}
-
 func newTransport(t *testing.T, addr string) mpsync.Transport {
 	t.Helper()
-	c, err := transport.New(addr)
+	tr, err := mpsync.NewHTTPTransport(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.CloseIdleConnections)
-	return httpTransport{c}
-}
-
-func (h httpTransport) Acquire(ctx context.Context, name, identity string, wait bool) (mpsync.Lease, error) {
-	l, err := h.c.Acquire(ctx, name, identity, wait)
-	if err != nil {
-		return nil, err
-	}
-	return l, nil
-}
-
-func (h httpTransport) Watch(ctx context.Context, name string, fn func(mpsync.Holder)) error {
-	return h.c.Watch(ctx, name, func(s core.Holder) { fn(mpsync.Holder(s)) })
+	t.Cleanup(tr.(interface{ CloseIdleConnections() }).CloseIdleConnections)
+	return tr
 }
 
 // harness runs the conformance suite against elector processes on the
