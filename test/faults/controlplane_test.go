@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"github.com/mpsync/mpsync/internal/controlplane"
 	"github.com/mpsync/mpsync/sidecar/kube"
 )
 
@@ -90,7 +91,7 @@ func sharedControlPlane() (*controlPlane, error) {
 
 // open reads the env file start.sh wrote and makes the admin's clients.
 func (c *controlPlane) open(path string) error {
-	env, err := readEnvFile(path)
+	env, err := controlplane.ReadEnv(path)
 	if err != nil {
 		return err
 	}
@@ -290,25 +291,4 @@ func (c *controlPlane) proxiedKubeconfig(name, addr string) (string, error) {
 	}
 	path := filepath.Join(c.dir, name+".kubeconfig")
 	return path, os.WriteFile(path, []byte(s), 0o600)
-}
-
-// readEnvFile parses KEY=value lines (start.sh writes plain values).
-func readEnvFile(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	env := map[string]string{}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, fmt.Errorf("%s: malformed line %q", path, line)
-		}
-		env[k] = v
-	}
-	return env, nil
 }

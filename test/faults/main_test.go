@@ -31,6 +31,8 @@ import (
 
 	"go.uber.org/goleak"
 	"k8s.io/klog/v2"
+
+	"github.com/mpsync/mpsync/internal/controlplane"
 )
 
 // waitFor bounds waits for things that should happen promptly (a process
@@ -65,7 +67,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(buildDir)
 	}
 	if code == 0 {
-		if err := goleak.Find(leakOptions()...); err != nil {
+		if err := goleak.Find(controlplane.LeakOptions()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}
@@ -76,19 +78,6 @@ func TestMain(m *testing.M) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
-// leakOptions ignores the goroutines of idle HTTP connections, which
-// client-go keeps in a process-wide transport cache, and klog's flush
-// daemon.
-func leakOptions() []goleak.Option {
-	return []goleak.Option{
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*http2ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-	}
-}
 
 // setup finds the repository and builds the client program (and the
 // elector, if $MPSYNC_ELECTOR_BIN does not name one).

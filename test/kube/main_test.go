@@ -17,7 +17,6 @@
 package kube_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -35,6 +34,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/mpsync/mpsync/internal/controlplane"
 	"github.com/mpsync/mpsync/sidecar/kube"
 )
 
@@ -79,7 +79,7 @@ func TestMain(m *testing.M) {
 	}
 	teardown()
 	if code == 0 {
-		if err := goleak.Find(leakOptions()...); err != nil {
+		if err := goleak.Find(controlplane.LeakOptions()...); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}
@@ -90,19 +90,6 @@ func TestMain(m *testing.M) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
-// leakOptions ignores the goroutines of idle HTTP connections, which
-// client-go keeps in a process-wide transport cache, and klog's flush
-// daemon.
-func leakOptions() []goleak.Option {
-	return []goleak.Option{
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*http2ClientConn).readLoop"),
-		goleak.IgnoreAnyFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
-	}
-}
 
 var tempDir string
 
@@ -116,7 +103,7 @@ func setup() (int, error) {
 	if path == "" {
 		return 0, nil
 	}
-	env, err := readEnvFile(path)
+	env, err := controlplane.ReadEnv(path)
 	if err != nil {
 		return 1, fmt.Errorf("$MPSYNC_CONTROLPLANE: %w", err)
 	}
@@ -137,30 +124,6 @@ func teardown() {
 	if tempDir != "" {
 		os.RemoveAll(tempDir)
 	}
-}
-
-// readEnvFile parses KEY=value lines (no quoting; start.sh writes plain
-// values), ignoring blank lines and comments.
-func readEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	env := make(map[string]string)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, fmt.Errorf("%s: malformed line %q", path, line)
-		}
-		env[k] = v
-	}
-	return env, sc.Err()
 }
 
 // needControlPlane skips the test when no control plane was started for

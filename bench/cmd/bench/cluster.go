@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/internal/controlplane"
 )
 
 // cluster is the control plane that hack/controlplane/start.sh started, as
@@ -40,29 +41,8 @@ type cluster struct {
 	token      string // admin bearer token, for /metrics
 }
 
-// readEnv parses KEY=value lines.
-func readEnv(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	env := make(map[string]string)
-	for line := range strings.Lines(string(b)) {
-		line = strings.TrimSpace(line)
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, fmt.Errorf("%s: bad line %q", path, line)
-		}
-		env[k] = v
-	}
-	return env, nil
-}
-
 func openCluster(envPath string) (*cluster, error) {
-	env, err := readEnv(envPath)
+	env, err := controlplane.ReadEnv(envPath)
 	if err != nil {
 		return nil, err
 	}
