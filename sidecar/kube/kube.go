@@ -80,6 +80,17 @@ const (
 	// DefaultLeaseDuration is the lease duration when Config.LeaseDuration
 	// is zero: client-go's usual 15 seconds.
 	DefaultLeaseDuration = 15 * time.Second
+	// DefaultQPS is the default sustained rate, in requests per second, of
+	// the elector's client-side limit on its requests to the API server;
+	// RESTConfig sets it. An elector holding N locks at lease duration D
+	// renews about 3N/D times per second (each lock a third of the way
+	// through its lease), plus one request per acquisition and release, so
+	// the default suits up to about 250 locks at 15 s.
+	DefaultQPS = 50
+	// DefaultBurst is the default number of requests the elector may send
+	// to the API server at once, before DefaultQPS paces the rest;
+	// RESTConfig sets it.
+	DefaultBurst = 100
 	// closeTimeout bounds Close when its context has no deadline.
 	closeTimeout = 5 * time.Second
 	// maxRequestTimeout bounds every single request to the API server.
@@ -113,8 +124,11 @@ type Config struct {
 // RESTConfig returns the client configuration for an elector: from the
 // kubeconfig file at path kubeconfig (its current context), or, when
 // kubeconfig is empty, the in-cluster service account of the pod. It raises
-// client-go's default client-side rate limit (5 requests per second), which
-// an elector renewing many locks would hit.
+// client-go's default client-side rate limit (5 requests per second, burst
+// 10), which an elector renewing many locks would hit, to DefaultQPS and
+// DefaultBurst. The caller owns the result and may change rc.QPS and
+// rc.Burst before building a client from it, for an elector holding more
+// locks than the defaults suit.
 func RESTConfig(kubeconfig string) (*rest.Config, error) {
 	var (
 		rc  *rest.Config
@@ -131,8 +145,8 @@ func RESTConfig(kubeconfig string) (*rest.Config, error) {
 		}
 		return nil, fmt.Errorf("kube: kubeconfig %s: %w", kubeconfig, err)
 	}
-	rc.QPS = 50
-	rc.Burst = 100
+	rc.QPS = DefaultQPS
+	rc.Burst = DefaultBurst
 	rc.UserAgent = "mpsync-elector"
 	return rc, nil
 }

@@ -15,10 +15,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
@@ -50,6 +53,8 @@ type config struct {
 	identity      string
 	namespace     string
 	kubeconfig    string
+	kubeQPS       float64 // > 0 and finite as a float32; kubernetes backend only
+	kubeBurst     int     // >= 1; kubernetes backend only
 	leaseDuration time.Duration
 	logFormat     string
 	logLevel      zapcore.Level
@@ -101,6 +106,46 @@ func (v levelValue) Set(s string) error {
 	return nil
 }
 
+// qpsValue is a flag.Value that accepts a rate for client-go's rest.Config
+// QPS: a number above zero that stays finite and above zero as a float32.
+type qpsValue struct{ f *float64 }
+
+func (v qpsValue) String() string {
+	if v.f == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*v.f, 'g', -1, 64)
+}
+
+func (v qpsValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if q := float32(f); err != nil || !(q > 0) || math.IsInf(float64(q), 0) {
+		return fmt.Errorf("want a finite number above 0 (and below %.2g)", math.MaxFloat32)
+	}
+	*v.f = f
+	return nil
+}
+
+// burstValue is a flag.Value that accepts a burst for client-go's
+// rest.Config Burst: a whole number, at least 1.
+type burstValue struct{ n *int }
+
+func (v burstValue) String() string {
+	if v.n == nil {
+		return ""
+	}
+	return strconv.Itoa(*v.n)
+}
+
+func (v burstValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return errors.New("want a whole number of requests, at least 1")
+	}
+	*v.n = n
+	return nil
+}
+
 // envPrefix prefixes the environment variable of every flag: --lease-duration
 // is MPSYNC_LEASE_DURATION.
 const envPrefix = "MPSYNC_"
@@ -123,7 +168,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 		namespace = "default"
 	}
 
-	cfg := config{logLevel: zapcore.InfoLevel}
+	cfg := config{logLevel: zapcore.InfoLevel, kubeQPS: kube.DefaultQPS, kubeBurst: kube.DefaultBurst}
 	backendFlag := &choice{val: "memory", allowed: []string{"memory", "kubernetes"}}
 	logFormat := &choice{val: "json", allowed: []string{"json", "console"}}
 
@@ -134,6 +179,11 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.StringVar(&cfg.identity, "identity", identity, "this elector's `name`: the holder of locks taken through the legacy protocol; by default $POD_NAME, else the host name")
 	fs.StringVar(&cfg.namespace, "namespace", namespace, "Kubernetes `namespace` of the Lease objects; by default $POD_NAMESPACE, else \"default\"")
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for the kubernetes backend; empty means the in-cluster service account")
+	fs.Var(qpsValue{&cfg.kubeQPS}, "kube-qps", "kubernetes backend: the most `requests` per second, sustained, that the elector sends to the API server. "+
+		"Renewals need about 3 × locks held / lease duration in seconds (1,000 locks at a 15s lease: 200), plus one request per acquisition and release; "+
+		"set too low, renewals are held back and locks expire")
+	fs.Var(burstValue{&cfg.kubeBurst}, "kube-burst", "kubernetes backend: the most `requests` the elector sends to the API server at once, before --kube-qps paces the rest; "+
+		"at least 1 (about twice --kube-qps suits most)")
 	fs.DurationVar(&cfg.leaseDuration, "lease-duration", 15*time.Second, "lease `duration` of v1 locks: a holder that stops renewing loses its lock this long after its last renewal; at least "+core.MinLease.String())
 	fs.Var(logFormat, "log-format", "log `format` on stderr: json or console (readable)")
 	fs.Var(levelValue{&cfg.logLevel}, "log-level", "least `level` logged: debug, info, warn or error")
@@ -241,7 +291,7 @@ func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
 			log.Warn("TEST CLOCK: the backend runs on a skewed clock", zap.Duration("offset", cfg.clockOffset), zap.Float64("rate", cfg.clockRate))
 			clk = skewed
 		}
-		rc, err := kube.RESTConfig(cfg.kubeconfig)
+		rc, err := restConfig(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -259,6 +309,17 @@ func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
 		})
 	}
 	return nil, usagef("unknown backend %q", cfg.backend)
+}
+
+// restConfig is kube.RESTConfig with the client-side rate limit of cfg.
+func restConfig(cfg config) (*rest.Config, error) {
+	rc, err := kube.RESTConfig(cfg.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	rc.QPS = float32(cfg.kubeQPS)
+	rc.Burst = cfg.kubeBurst
+	return rc, nil
 }
 
 // run is the whole program; it returns the exit status.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/sidecar/kube"
 )
 
 // With $runAsElector set, the test binary is the elector: tests start it as
@@ -53,7 +55,8 @@ func TestParseFlags(t *testing.T) {
 		{"defaults", nil, nil, func(c config) bool {
 			return c.backend == "memory" && c.listen == "127.0.0.1:13131" && c.identity == host &&
 				c.namespace == "default" && c.leaseDuration == 15*time.Second && c.logFormat == "json" &&
-				c.logLevel == zapcore.InfoLevel && !c.debug && c.kubeconfig == ""
+				c.logLevel == zapcore.InfoLevel && !c.debug && c.kubeconfig == "" &&
+				c.kubeQPS == kube.DefaultQPS && c.kubeBurst == kube.DefaultBurst
 		}},
 		{"pod env", nil, map[string]string{"POD_NAME": "web-7", "POD_NAMESPACE": "prod"}, func(c config) bool {
 			return c.identity == "web-7" && c.namespace == "prod"
@@ -62,13 +65,24 @@ func TestParseFlags(t *testing.T) {
 			"MPSYNC_LISTEN": "127.0.0.1:9", "MPSYNC_IDENTITY": "me", "MPSYNC_LEASE_DURATION": "3s",
 			"MPSYNC_LOG_FORMAT": "console", "MPSYNC_LOG_LEVEL": "debug", "MPSYNC_DEBUG_ENDPOINTS": "true",
 			"MPSYNC_KUBECONFIG": "/k", "MPSYNC_NAMESPACE": "ns", "POD_NAME": "ignored",
+			"MPSYNC_KUBE_QPS": "250.5", "MPSYNC_KUBE_BURST": "500",
 		}, func(c config) bool {
 			return c.listen == "127.0.0.1:9" && c.identity == "me" && c.leaseDuration == 3*time.Second &&
-				c.logFormat == "console" && c.logLevel == zapcore.DebugLevel && c.debug && c.kubeconfig == "/k" && c.namespace == "ns"
+				c.logFormat == "console" && c.logLevel == zapcore.DebugLevel && c.debug && c.kubeconfig == "/k" && c.namespace == "ns" &&
+				c.kubeQPS == 250.5 && c.kubeBurst == 500
 		}},
 		{"flag wins over env", []string{"--listen", "127.0.0.1:8", "--lease-duration=2s"},
 			map[string]string{"MPSYNC_LISTEN": "127.0.0.1:9", "MPSYNC_LEASE_DURATION": "not looked at"},
 			func(c config) bool { return c.listen == "127.0.0.1:8" && c.leaseDuration == 2*time.Second }},
+		{"rate limit flags", []string{"--backend=kubernetes", "--kube-qps", "400", "--kube-burst=800"}, nil,
+			func(c config) bool { return c.kubeQPS == 400 && c.kubeBurst == 800 }},
+		{"small rate limit", []string{"--kube-qps=0.5", "--kube-burst=1"}, nil,
+			func(c config) bool { return c.kubeQPS == 0.5 && c.kubeBurst == 1 }},
+		{"rate limit flags win over env", []string{"--kube-qps=400", "--kube-burst", "800"},
+			map[string]string{"MPSYNC_KUBE_QPS": "not looked at", "MPSYNC_KUBE_BURST": "7"},
+			func(c config) bool { return c.kubeQPS == 400 && c.kubeBurst == 800 }},
+		{"rate limit with the memory backend", []string{"--backend=memory", "--kube-qps=1", "--kube-burst=2"}, nil,
+			func(c config) bool { return c.backend == "memory" && c.kubeQPS == 1 && c.kubeBurst == 2 }},
 		{"bad env", nil, map[string]string{"MPSYNC_LEASE_DURATION": "soon"}, nil},
 		{"env below minimum", nil, map[string]string{"MPSYNC_LEASE_DURATION": "10ms"}, nil},
 		{"kubernetes by name", []string{"--backend", "kubernetes"}, nil, func(c config) bool { return c.backend == "kubernetes" }},
@@ -121,6 +135,25 @@ func TestRunExitStatus(t *testing.T) {
 		{"bad listen", []string{"--listen", "nowhere"}, nil, 2, "--listen"},
 		{"bad env", nil, map[string]string{"MPSYNC_DEBUG_ENDPOINTS": "maybe"}, 2, "MPSYNC_DEBUG_ENDPOINTS"},
 		{"empty identity", []string{"--identity", ""}, nil, 2, "--identity"},
+		{"kube-qps not a number", []string{"--kube-qps=abc"}, nil, 2, `invalid value "abc" for flag -kube-qps`},
+		{"kube-qps zero", []string{"--kube-qps=0"}, nil, 2, `invalid value "0" for flag -kube-qps`},
+		{"kube-qps negative", []string{"--kube-qps=-1"}, nil, 2, `invalid value "-1" for flag -kube-qps`},
+		{"kube-qps NaN", []string{"--kube-qps=NaN"}, nil, 2, `invalid value "NaN" for flag -kube-qps`},
+		{"kube-qps Inf", []string{"--kube-qps=Inf"}, nil, 2, `invalid value "Inf" for flag -kube-qps`},
+		{"kube-qps infinite as a float32", []string{"--kube-qps=1e39"}, nil, 2, `invalid value "1e39" for flag -kube-qps`},
+		{"kube-qps zero as a float32", []string{"--kube-qps=1e-50"}, nil, 2, `invalid value "1e-50" for flag -kube-qps`},
+		{"kube-burst zero", []string{"--kube-burst=0"}, nil, 2, `invalid value "0" for flag -kube-burst`},
+		{"kube-burst negative", []string{"--kube-burst=-3"}, nil, 2, `invalid value "-3" for flag -kube-burst`},
+		{"kube-burst not a number", []string{"--kube-burst=x"}, nil, 2, `invalid value "x" for flag -kube-burst`},
+		{"kube-burst fraction", []string{"--kube-burst=1.5"}, nil, 2, `invalid value "1.5" for flag -kube-burst`},
+		{"env kube-qps not a number", nil, map[string]string{"MPSYNC_KUBE_QPS": "abc"}, 2, `invalid value "abc" for MPSYNC_KUBE_QPS`},
+		{"env kube-qps zero", nil, map[string]string{"MPSYNC_KUBE_QPS": "0"}, 2, `invalid value "0" for MPSYNC_KUBE_QPS`},
+		{"env kube-qps negative", nil, map[string]string{"MPSYNC_KUBE_QPS": "-1"}, 2, `invalid value "-1" for MPSYNC_KUBE_QPS`},
+		{"env kube-qps NaN", nil, map[string]string{"MPSYNC_KUBE_QPS": "NaN"}, 2, `invalid value "NaN" for MPSYNC_KUBE_QPS`},
+		{"env kube-qps Inf", nil, map[string]string{"MPSYNC_KUBE_QPS": "Inf"}, 2, `invalid value "Inf" for MPSYNC_KUBE_QPS`},
+		{"env kube-burst zero", nil, map[string]string{"MPSYNC_KUBE_BURST": "0"}, 2, `invalid value "0" for MPSYNC_KUBE_BURST`},
+		{"env kube-burst negative", nil, map[string]string{"MPSYNC_KUBE_BURST": "-3"}, 2, `invalid value "-3" for MPSYNC_KUBE_BURST`},
+		{"env kube-burst not a number", nil, map[string]string{"MPSYNC_KUBE_BURST": "x"}, 2, `invalid value "x" for MPSYNC_KUBE_BURST`},
 		{"address in use", []string{"--listen", busy.Addr().String()}, nil, 1, "address already in use"},
 	}
 	for _, tt := range tests {
@@ -141,11 +174,57 @@ func TestRunExitStatus(t *testing.T) {
 			}
 			if tt.name == "help" {
 				for _, f := range []string{"--lease-duration is MPSYNC_LEASE_DURATION", "-backend", "-listen", "-identity", "-namespace",
-					"-kubeconfig", "-lease-duration", "-log-format", "-log-level", "-debug-endpoints", "[$MPSYNC_LISTEN]"} {
+					"-kubeconfig", "-lease-duration", "-log-format", "-log-level", "-debug-endpoints", "[$MPSYNC_LISTEN]",
+					"-kube-qps", "-kube-burst", "[$MPSYNC_KUBE_QPS]", "[$MPSYNC_KUBE_BURST]"} {
 					if !strings.Contains(stdout.String(), f) {
 						t.Errorf("--help does not mention %q", f)
 					}
 				}
+			}
+		})
+	}
+}
+
+// TestRESTConfigRateLimit checks that the kubernetes backend's client gets
+// the rate limit of the flags, and RESTConfig's defaults without them.
+func TestRESTConfigRateLimit(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: x
+  context: {cluster: c, user: u}
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		args      []string
+		wantQPS   float32
+		wantBurst int
+	}{
+		{"defaults", nil, kube.DefaultQPS, kube.DefaultBurst},
+		{"flags", []string{"--kube-qps=333.5", "--kube-burst=700"}, 333.5, 700},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(append([]string{"--backend=kubernetes", "--kubeconfig", kubeconfig}, tt.args...), envOf(nil), io.Discard)
+			if err != nil {
+				t.Fatalf("parseFlags: %v", err)
+			}
+			rc, err := restConfig(cfg)
+			if err != nil {
+				t.Fatalf("restConfig: %v", err)
+			}
+			if rc.QPS != tt.wantQPS || rc.Burst != tt.wantBurst {
+				t.Errorf("QPS %v, Burst %d; want %v, %d", rc.QPS, rc.Burst, tt.wantQPS, tt.wantBurst)
 			}
 		})
 	}
