@@ -35,6 +35,16 @@ type Grant interface {
 	Release(ctx context.Context) error
 }
 
+// Waited is implemented by a Grant whose Validity counts from the write
+// that granted it rather than from the Acquire call: Waited is how long,
+// on the backend's clock, that write was sent after Acquire was called. A
+// holder that counts from when it asked may add Waited, shrunk by the
+// drift bound, to Validity. Without it a grant that came after a long
+// wait must be renewed to be of use (its validity mostly spent).
+type Waited interface {
+	Waited() time.Duration
+}
+
 // Backend keeps locks. Implementations are safe for concurrent use.
 type Backend interface {
 	// Acquire takes req.Name for req.Identity: at once, or after waiting if

@@ -41,8 +41,10 @@ const (
 //
 // Acquire returns ctx.Err() if ctx ends first, leaving nothing held (a
 // write already sent is released), and core.ErrClosed once Close has begun.
-// The grant's Validity counts from when Acquire was called.
+// The grant's Validity counts from when the write that took the Lease was
+// sent; its Waited says how long after the call that was.
 func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant, error) {
+	called := b.clock.Now()
 	if err := core.ValidateName(req.Name); err != nil {
 		return nil, err
 	}
@@ -79,7 +81,7 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 		return nil, err
 	}
 
-	a := &attempt{b: b, st: st, w: w, req: req, d: d}
+	a := &attempt{b: b, st: st, w: w, req: req, d: d, called: called}
 	var (
 		retryAt   time.Time // after a failed request: no write before then
 		backoff   time.Duration
@@ -190,6 +192,8 @@ type attempt struct {
 	w   *waiter
 	req core.Request
 	d   time.Duration
+	// called is when Acquire was called, on b.clock
+	called time.Time
 	// session and holder identity of the write in flight
 	session, holder string
 }
@@ -293,6 +297,7 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 		session: a.session,
 		token:   token,
 		lease:   a.d,
+		waited:  max(0, sent.Sub(a.called)),
 		done:    make(chan struct{}),
 		renewMu: make(chan struct{}, 1),
 		last:    res,

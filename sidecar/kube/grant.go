@@ -24,6 +24,7 @@ type grant struct {
 	session string
 	token   uint64
 	lease   time.Duration
+	waited  time.Duration // from the Acquire call to the write that granted it, on b.clock
 	done    chan struct{}
 	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
 
@@ -116,8 +117,15 @@ func (g *grant) Session() string { return g.session }
 func (g *grant) Token() uint64 { return g.token }
 
 // Validity implements backend.Grant: core.Validity of the lease duration,
-// counted from when Acquire was called.
+// counted from when the write that granted it was sent, which is Waited
+// after Acquire was called (so, counted from the call, it is safe too).
 func (g *grant) Validity() time.Duration { return core.Validity(g.lease) }
+
+// Waited implements backend.Waited: how long after the Acquire call, on the
+// Backend's clock, the write that granted the lock was sent.
+func (g *grant) Waited() time.Duration { return g.waited }
+
+var _ backend.Waited = (*grant)(nil)
 
 // Done implements backend.Grant.
 func (g *grant) Done() <-chan struct{} { return g.done }

@@ -101,13 +101,17 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 
-	// The grant's validity counts from when Acquire was called, and the
-	// client counts it from when it sent the request: right for a grant
-	// that came at once. After a wait it would be mostly spent, so renew
-	// now and tell the client the time waited (shrunk by the drift bound,
-	// as it is measured on this clock) plus the fresh validity.
+	// The client counts the validity from when it sent the request. A
+	// backend.Waited grant's counts from the write that granted it: add
+	// the time waited for that write (shrunk by the drift bound, as it is
+	// measured on the elector's clock). Another grant's counts from the
+	// Acquire call: right for one that came at once; after a wait it would
+	// be mostly spent, so renew now and add the time waited until the
+	// renewal instead.
 	validity := g.Validity()
-	if time.Since(received) > renewAfterWait {
+	if wg, ok := g.(backend.Waited); ok {
+		validity += time.Duration(float64(wg.Waited()) * (1 - 2*core.Rho))
+	} else if time.Since(received) > renewAfterWait {
 		renewAt := time.Now()
 		v, err := g.Renew(ctx)
 		s.m.renewal.Observe(time.Since(renewAt).Seconds())

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,6 +99,63 @@ func TestAcquireLockedAndWait(t *testing.T) {
 	}
 	if min := core.Validity(15 * time.Second).Milliseconds(); ev.ValidityMs <= min {
 		t.Errorf("waited grant: validityMs %d, want more than %d (time waited counts from the request)", ev.ValidityMs, min)
+	}
+}
+
+// waitedBackend is the memory backend with grants that implement
+// backend.Waited, as the Kubernetes backend's do, and count renewals.
+type waitedBackend struct {
+	*backend.Memory
+	waited time.Duration
+	renews atomic.Int32
+}
+
+func (b *waitedBackend) Acquire(ctx context.Context, req core.Request) (backend.Grant, error) {
+	g, err := b.Memory.Acquire(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &waitedGrant{Grant: g, b: b}, nil
+}
+
+type waitedGrant struct {
+	backend.Grant
+	b *waitedBackend
+}
+
+func (g *waitedGrant) Waited() time.Duration { return g.b.waited }
+
+func (g *waitedGrant) Renew(ctx context.Context) (time.Duration, error) {
+	g.b.renews.Add(1)
+	return g.Grant.Renew(ctx)
+}
+
+func TestWaitedGrantIsNotRenewed(t *testing.T) {
+	mem, err := backend.NewMemory(15 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb := &waitedBackend{Memory: mem, waited: 3 * time.Second}
+	e := newEnv(t, Config{Backend: wb})
+	e.mem = mem
+	_, first := e.acquired("a", "web-1")
+	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	time.Sleep(2 * renewAfterWait)
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
+	waiter.wantHead(200)
+	ev := waiter.next()
+	if ev.Type != transport.EventAcquired {
+		t.Fatalf("waiter got %+v, want acquired", ev)
+	}
+	// The grant's own Waited, shrunk by the drift bound, not the time
+	// this test waited, and no renewal to refresh the grant.
+	want := (core.Validity(15*time.Second) + time.Duration(float64(wb.waited)*(1-2*core.Rho))).Milliseconds()
+	if ev.ValidityMs != want {
+		t.Errorf("validityMs %d, want %d: the validity plus Waited×(1-2ρ)", ev.ValidityMs, want)
+	}
+	if n := wb.renews.Load(); n != 0 {
+		t.Errorf("the grant was renewed %d times on being granted, want 0", n)
 	}
 }
 

@@ -333,6 +333,47 @@ func TestBackendHandoverByWatch(t *testing.T) {
 		ms(times[0]), ms(times[len(times)/2]), ms(times[len(times)-1]), len(times))
 }
 
+// TestBackendWaited: a grant's Waited is the time from the Acquire call to
+// the write that granted it (its validity counts from that write), so that
+// the elector needs no renewal to give a waiter its full validity.
+func TestBackendWaited(t *testing.T) {
+	ns := namespace(t)
+	a, b := newBackend(t, ns, "e0", 15*time.Second), newBackend(t, ns, "e1", 15*time.Second)
+	const name = "waited"
+	t0 := time.Now()
+	g := acquire(t, a, name, "first", false)
+	if w, ok := g.(backend.Waited); !ok || w.Waited() < 0 || w.Waited() > time.Since(t0) {
+		t.Fatalf("a grant at once: Waited %v (implemented: %v), want between 0 and its Acquire's %v", w, ok, time.Since(t0))
+	}
+	got := make(chan backend.Grant, 1)
+	t1 := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(bg(), waitFor)
+		defer cancel()
+		ng, err := b.Acquire(ctx, core.Request{Name: name, Identity: "second", Wait: true})
+		if err != nil {
+			t.Errorf("Acquire: %v", err)
+		}
+		got <- ng
+	}()
+	time.Sleep(300 * time.Millisecond)
+	release(t, g)
+	ng := <-got
+	took := time.Since(t1)
+	if ng == nil {
+		return
+	}
+	defer release(t, ng)
+	w, ok := ng.(backend.Waited)
+	if !ok {
+		t.Fatal("the Kubernetes backend's grant does not implement backend.Waited")
+	}
+	if w.Waited() <= 0 || w.Waited() > took {
+		t.Errorf("a grant after a wait: Waited %v, want above 0 and at most the %v its Acquire took", w.Waited(), took)
+	}
+	t.Logf("waited %v of an Acquire that took %v", w.Waited(), took)
+}
+
 // TestBackendRevoke: an operator writing another holder into the Lease
 // revokes the grant; others then wait out the lease duration before taking
 // the foreign holder's lease.
