@@ -99,7 +99,14 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 				write, wait = false, until
 			}
 		}
+		if write && b.maxLocks > 0 && b.held >= b.maxLocks {
+			b.mu.Unlock()
+			return nil, fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
+				"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
+				core.ErrUnavailable, b.maxLocks, b.ns, req.Name)
+		}
 		if write {
+			b.held++ // given back below unless the write makes a grant
 			a.session = b.newSessionLocked()
 			a.holder = b.holderIdentity(req.Identity, a.session)
 			st.pending = a.holder
@@ -109,6 +116,11 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 
 		if write {
 			g, err := a.write(ctx, base)
+			if err != nil {
+				b.mu.Lock()
+				b.held--
+				b.mu.Unlock()
+			}
 			switch {
 			case err == nil:
 				return g, nil

@@ -83,6 +83,7 @@ func (g *grant) endLocked(reason error) {
 	}
 	g.ended = true
 	g.err = reason
+	g.b.held--
 	if g.timer != nil {
 		g.timer.Stop()
 	}

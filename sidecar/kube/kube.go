@@ -114,11 +114,29 @@ type Config struct {
 	LeaseDuration time.Duration
 	// Logger receives the backend's logs; nil means none.
 	Logger *zap.Logger
+	// MaxLocks is the most locks the Backend holds at once (acquisitions
+	// in flight included); an Acquire that would take one more fails at
+	// once with an error wrapping core.ErrUnavailable that says so. Zero
+	// means no limit. An elector whose client-side rate limit cannot renew
+	// all its locks in time loses them all together (its renewals queue
+	// behind each other past their deadlines), so the elector sets this
+	// with MaxLocksFor, to refuse the lock that would overload it instead.
+	MaxLocks int
 	// Clock times every decision of the backend (when a lease may be
 	// taken, when a grant's validity ends) and writes acquireTime and
 	// renewTime; nil means the machine's. The fault tests give electors
 	// skewed clocks to show that nothing depends on agreeing with others.
 	Clock clock.Clock
+}
+
+// MaxLocksFor returns the most locks of lease duration lease whose renewals
+// fit in three quarters of qps requests per second: the SDK renews a lock
+// every third of its validity (core.Validity), so N locks need about
+// 3N/core.Validity(lease) renewals per second. The last quarter is left for
+// acquisitions, releases and retries. At DefaultQPS and a 15 s lease it is
+// 180.
+func MaxLocksFor(qps float64, lease time.Duration) int {
+	return int(0.75 * qps * core.Validity(lease).Seconds() / 3)
 }
 
 // RESTConfig returns the client configuration for an elector: from the
@@ -159,6 +177,7 @@ type Backend struct {
 	ns       string
 	identity string
 	lease    time.Duration
+	maxLocks int
 	log      *zap.Logger
 	clock    clock.Clock
 	instance string // random, unique to this Backend: the prefix of its sessions
@@ -175,6 +194,7 @@ type Backend struct {
 
 	mu         sync.Mutex
 	leases     map[string]*lease
+	held       int // grants not yet ended, and writes in flight that may make one
 	sessions   uint64
 	closed     bool
 	orphansEnd bool // no more orphan releases may start
@@ -196,6 +216,8 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
 	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
 		return nil, fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
+	case cfg.MaxLocks < 0:
+		return nil, fmt.Errorf("kube: Config.MaxLocks %d is negative", cfg.MaxLocks)
 	}
 	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
 		return nil, fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
@@ -209,6 +231,7 @@ func New(cfg Config) (*Backend, error) {
 		ns:           cfg.Namespace,
 		identity:     cfg.Identity,
 		lease:        cfg.LeaseDuration,
+		maxLocks:     cfg.MaxLocks,
 		log:          cfg.Logger,
 		clock:        cfg.Clock,
 		instance:     hex.EncodeToString(rnd[:]),
@@ -250,7 +273,7 @@ func New(cfg Config) (*Backend, error) {
 		b.informer.RunWithContext(ctx)
 	}()
 	b.log.Info("kubernetes backend: one Lease per lock",
-		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance))
+		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance), zap.Int("maxLocks", b.maxLocks))
 	return b, nil
 }
 

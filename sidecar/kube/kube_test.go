@@ -134,6 +134,7 @@ func TestNewRejects(t *testing.T) {
 		{"no namespace", Config{Client: cs, Identity: "e"}},
 		{"bad namespace", Config{Client: cs, Namespace: "Not_A_Label", Identity: "e"}},
 		{"short lease", Config{Client: cs, Namespace: "ns", Identity: "e", LeaseDuration: time.Millisecond}},
+		{"negative max locks", Config{Client: cs, Namespace: "ns", Identity: "e", MaxLocks: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if b, err := New(tc.cfg); err == nil {

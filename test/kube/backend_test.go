@@ -52,6 +52,14 @@ func (c cutter) RoundTrip(r *http.Request) (*http.Response, error) {
 // waits until it is ready. It is closed at the end of the test.
 func newBackend(t *testing.T, ns, id string, lease time.Duration) *testBackend {
 	t.Helper()
+	return newBackendConfig(t, kube.Config{Namespace: ns, Identity: id, LeaseDuration: lease})
+}
+
+// newBackendConfig is newBackend with more of the configuration: cfg
+// without its Client and Logger.
+func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
+	t.Helper()
+	id := cfg.Identity
 	c := needControlPlane(t)
 	rc, err := kube.RESTConfig(c.electorKubeconfig)
 	if err != nil {
@@ -63,7 +71,8 @@ func newBackend(t *testing.T, ns, id string, lease time.Duration) *testBackend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := kube.New(kube.Config{Client: cs, Namespace: ns, Identity: id, LeaseDuration: lease, Logger: zaptest.NewLogger(t).Named(id)})
+	cfg.Client, cfg.Logger = cs, zaptest.NewLogger(t).Named(id)
+	b, err := kube.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,6 +381,38 @@ func TestBackendWaited(t *testing.T) {
 		t.Errorf("a grant after a wait: Waited %v, want above 0 and at most the %v its Acquire took", w.Waited(), took)
 	}
 	t.Logf("waited %v of an Acquire that took %v", w.Waited(), took)
+}
+
+// TestBackendMaxLocks: an elector at its MaxLocks refuses one more lock at
+// once, as unavailable and saying why, loses none it holds, and takes
+// locks again when one is let go; the lock it refused stays free.
+func TestBackendMaxLocks(t *testing.T) {
+	ns := namespace(t)
+	b := newBackendConfig(t, kube.Config{Namespace: ns, Identity: "e0", LeaseDuration: 15 * time.Second, MaxLocks: 2})
+	other := newBackend(t, ns, "e1", 15*time.Second)
+	g1 := acquire(t, b, "one", "c", false)
+	g2 := acquire(t, b, "two", "c", false)
+	for _, wait := range []bool{false, true} {
+		ctx, cancel := context.WithTimeout(bg(), waitFor)
+		g, err := b.Acquire(ctx, core.Request{Name: "three", Identity: "c", Wait: wait})
+		cancel()
+		if err == nil || !errors.Is(err, core.ErrUnavailable) || !strings.Contains(err.Error(), "holds 2 locks") {
+			t.Fatalf("third Acquire (wait %v) = %v, %v; want an error wrapping ErrUnavailable that says it holds 2 locks", wait, g, err)
+		}
+	}
+	for _, g := range []backend.Grant{g1, g2} {
+		if g.Err() != nil {
+			t.Fatalf("a lock held was lost: %v", g.Err())
+		}
+	}
+	// Refused, not taken: another elector takes it at once.
+	release(t, acquire(t, other, "three", "d", false))
+	release(t, g1)
+	release(t, acquire(t, b, "three", "c", false))
+	release(t, g2)
+	if got := kube.MaxLocksFor(kube.DefaultQPS, 15*time.Second); got != 180 {
+		t.Errorf("MaxLocksFor(DefaultQPS, 15s) = %d, want 180", got)
+	}
 }
 
 // TestBackendRevoke: an operator writing another holder into the Lease

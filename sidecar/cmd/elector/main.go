@@ -181,7 +181,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for the kubernetes backend; empty means the in-cluster service account")
 	fs.Var(qpsValue{&cfg.kubeQPS}, "kube-qps", "kubernetes backend: the most `requests` per second, sustained, that the elector sends to the API server. "+
 		"Renewals need about 3 × locks held / lease duration in seconds (1,000 locks at a 15s lease: 200), plus one request per acquisition and release; "+
-		"set too low, renewals are held back and locks expire")
+		"the elector holds at most 1/4 × this × the lease's validity in seconds (180 locks at 50 and 15s) and refuses more, as unavailable, rather than fall behind on renewals")
 	fs.Var(burstValue{&cfg.kubeBurst}, "kube-burst", "kubernetes backend: the most `requests` the elector sends to the API server at once, before --kube-qps paces the rest; "+
 		"at least 1 (about twice --kube-qps suits most)")
 	fs.DurationVar(&cfg.leaseDuration, "lease-duration", 15*time.Second, "lease `duration` of v1 locks: a holder that stops renewing loses its lock this long after its last renewal; at least "+core.MinLease.String())
@@ -304,6 +304,7 @@ func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
 			Namespace:     cfg.namespace,
 			Identity:      cfg.identity,
 			LeaseDuration: cfg.leaseDuration,
+			MaxLocks:      kube.MaxLocksFor(cfg.kubeQPS, cfg.leaseDuration),
 			Logger:        log,
 			Clock:         clk,
 		})
