@@ -170,6 +170,7 @@ func (c *cluster) get(ctx context.Context, path string) ([]byte, error) {
 type scrape struct {
 	mono     int64              // measure.Now() when read
 	requests map[string]float64 // apiserver_request_total{resource="leases"} by verb
+	conflict float64            // the same with code="409", all verbs
 	watches  float64            // open watches on leases
 }
 
@@ -183,7 +184,7 @@ func (c *cluster) scrape(ctx context.Context) (scrape, error) {
 	if err != nil {
 		return scrape{}, err
 	}
-	return scrape{mono: now, requests: measure.LeaseRequests(samples), watches: measure.LeaseWatches(samples)}, nil
+	return scrape{mono: now, requests: measure.LeaseRequests(samples), conflict: measure.LeaseConflicts(samples), watches: measure.LeaseWatches(samples)}, nil
 }
 
 // version returns the API server's gitVersion.

@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +40,21 @@ type options struct {
 	trials, failoverTrials, loadWindows, memHandovers, rtTrials      int
 	window, rtDuration, kubePace, floorDuration, lease, renew, retry time.Duration
 	seed                                                             uint64
+
+	contendTrials, contendClients, contendElectors int
+	crowdTrials, crowdClients                      int
+	contendWindow                                  time.Duration
+	raisedQPS                                      float64
+	scaleLocks                                     int
+	scaleWindow, scaleShippedWindow                time.Duration
+	only                                           map[string]bool // parts to run; nil: all
 }
+
+// parts are the parts of the run that -only can choose.
+var parts = []string{"lockpath", "election", "load", "contend", "crowd", "scale"}
+
+// runs reports whether part is to run.
+func (o options) runs(part string) bool { return o.only == nil || o.only[part] }
 
 func parseFlags() options {
 	var o options
@@ -64,9 +79,32 @@ func parseFlags() options {
 	flag.DurationVar(&o.renew, "renew-deadline", 10*time.Second, "client-go's RenewDeadline")
 	flag.DurationVar(&o.retry, "retry-period", 2*time.Second, "client-go's RetryPeriod")
 	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random delays before each signal (0: from the clock)")
+	flag.IntVar(&o.contendTrials, "contend-trials", 3, "trials of each contended run of -contend-clients lockers")
+	flag.IntVar(&o.contendClients, "contend-clients", 10, "lockers contending for one lock in the contended runs")
+	flag.IntVar(&o.contendElectors, "contend-electors", 3, "electors they share, round-robin")
+	flag.DurationVar(&o.contendWindow, "contend-window", 20*time.Second, "length of each contended run, and of each crowd run")
+	flag.Float64Var(&o.raisedQPS, "raised-qps", 1000, "the electors' --kube-qps (and half their --kube-burst) in the contended run with a raised client-side limit")
+	flag.IntVar(&o.crowdTrials, "crowd-trials", 2, "trials of -crowd-clients lockers on one lock through one elector, per backend")
+	flag.IntVar(&o.crowdClients, "crowd-clients", 100, "lockers (processes) in the crowd runs")
+	flag.IntVar(&o.scaleLocks, "scale-locks", 1000, "locks one elector holds in the scale run")
+	flag.DurationVar(&o.scaleWindow, "scale-window", 5*time.Minute, "how long the scale run measures them held, the elector's client-side limit sized for them")
+	flag.DurationVar(&o.scaleShippedWindow, "scale-shipped-window", time.Minute, "the same with the limit as shipped (0: not run)")
+	only := flag.String("only", "", "comma-separated `parts` to run, of "+strings.Join(parts, ", ")+" (default all)")
 	flag.Parse()
 	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 1 ||
-		o.loadWindows < 1 || o.window <= 0 || o.memHandovers < 1 || o.rtTrials < 1
+		o.loadWindows < 1 || o.window <= 0 || o.memHandovers < 1 || o.rtTrials < 1 ||
+		o.contendTrials < 1 || o.contendClients < 1 || o.contendElectors < 1 || o.contendWindow <= 0 ||
+		!(o.raisedQPS > 0) || o.crowdTrials < 1 || o.crowdClients < 1 || o.scaleLocks < 1 || o.scaleWindow <= 0 || o.scaleShippedWindow < 0
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, p := range strings.Split(*only, ",") {
+			if !slices.Contains(parts, p) {
+				fmt.Fprintf(os.Stderr, "bench: -only: unknown part %q; want some of %s\n", p, strings.Join(parts, ", "))
+				os.Exit(2)
+			}
+			o.only[p] = true
+		}
+	}
 	if bad {
 		fmt.Fprintln(os.Stderr, "usage: bench -controlplane DIR/env [flags]; see -help")
 		os.Exit(2)
@@ -133,37 +171,44 @@ func run(ctx context.Context, o options) (failed bool, err error) {
 	}
 
 	// mpsync's lock path through one elector.
-	progress("memory backend: %d lock handovers", o.memHandovers)
-	hs, err := h.memoryHandover(ctx, o.memHandovers)
-	r.record(ctx, "memory-handover", err)
-	r.memHandover = hs
-	progress("memory backend: %d × %v of back-to-back Lock+Unlock round trips", o.rtTrials, o.rtDuration)
-	p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
-	r.record(ctx, "roundtrip-memory", err)
-	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
-	if h.mpsyncErr == nil {
-		// Latency paced (back to back, the elector's client-side rate
-		// limit would set it), throughput back to back.
-		progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-		p50s, p99s, _, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
-		if r.record(ctx, "roundtrip-kubernetes", err) {
-			r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
-			_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
-			r.record(ctx, "roundtrip-kubernetes", err)
-			r.rate["kubernetes"] = rates
+	if o.runs("lockpath") {
+		progress("memory backend: %d lock handovers", o.memHandovers)
+		hs, err := h.memoryHandover(ctx, o.memHandovers)
+		r.record(ctx, "memory-handover", err)
+		r.memHandover = hs
+		progress("memory backend: %d × %v of back-to-back Lock+Unlock round trips", o.rtTrials, o.rtDuration)
+		p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
+		r.record(ctx, "roundtrip-memory", err)
+		r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
+		if h.mpsyncErr == nil {
+			// Latency paced (back to back, the elector's client-side rate
+			// limit would set it), throughput back to back.
+			progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
+			p50s, p99s, _, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
+			if r.record(ctx, "roundtrip-kubernetes", err) {
+				r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
+				_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
+				r.record(ctx, "roundtrip-kubernetes", err)
+				r.rate["kubernetes"] = rates
+			}
 		}
 	}
-	progress("API server: raw Lease updates for %v", o.floorDuration)
-	floor, n, err := c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
-	r.record(ctx, "floor", err)
-	r.floor, r.floorN = floor.Seconds(), n
-	if ctx.Err() != nil {
-		return false, ctx.Err()
+	if o.runs("lockpath") || o.runs("contend") {
+		progress("API server: raw Lease updates for %v", o.floorDuration)
+		floor, n, err := c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
+		r.record(ctx, "floor", err)
+		r.floor, r.floorN = floor.Seconds(), n
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
 	}
 
 	// Leader election, client-go and mpsync trials interleaved so that a
 	// slow spell on the machine hits both.
 	for _, crash := range []bool{false, true} {
+		if !o.runs("election") {
+			break
+		}
 		kind, trials := "handover", o.trials
 		if crash {
 			kind, trials = "failover", o.failoverTrials
@@ -192,11 +237,16 @@ func run(ctx context.Context, o options) (failed bool, err error) {
 		}
 	}
 
-	// Idle API load.
-	progress("quiet baseline: %d × %v with no candidates", o.loadWindows, o.window)
-	r.quiet, err = h.loadWindows(ctx, nil, o.loadWindows, o.window)
-	r.record(ctx, "load/quiet", err)
+	// Idle API load; the quiet baseline serves the scale run too.
+	if o.runs("load") || o.runs("scale") {
+		progress("quiet baseline: %d × %v with no candidates", o.loadWindows, o.window)
+		r.quiet, err = h.loadWindows(ctx, nil, o.loadWindows, o.window)
+		r.record(ctx, "load/quiet", err)
+	}
 	for _, sys := range h.systems() {
+		if !o.runs("load") {
+			break
+		}
 		progress("idle load: three %s candidates, %d × %v", sys.name, o.loadWindows, o.window)
 		ws, err := h.loadWindows(ctx, &sys, o.loadWindows, o.window)
 		r.record(ctx, "load/"+sys.name, err)
@@ -204,6 +254,9 @@ func run(ctx context.Context, o options) (failed bool, err error) {
 	}
 	if ctx.Err() != nil {
 		return false, ctx.Err()
+	}
+	if err := h.contention(ctx, o, r); err != nil {
+		return false, err
 	}
 
 	info := gatherInfo(ctx, c, o, time.Since(began))
@@ -229,14 +282,16 @@ type results struct {
 	rtt, rtt99, rate   map[string][]float64 // by backend: p50s, p99s, round trips per second
 	floor              float64              // p50 of a raw Lease update
 	floorN             int
-	errs               map[string]string // measurement → what went wrong
+	contend            map[string][]contendResult // by run, see contentionRuns
+	scale              map[string][]scaleResult   // by run, see scaleRuns
+	errs               map[string]string          // measurement → what went wrong
 }
 
 func newResults() *results {
 	return &results{
 		handover: map[string][]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
 		load: map[string][]window{}, rtt: map[string][]float64{}, rtt99: map[string][]float64{}, rate: map[string][]float64{},
-		errs: map[string]string{},
+		contend: map[string][]contendResult{}, scale: map[string][]scaleResult{}, errs: map[string]string{},
 	}
 }
 

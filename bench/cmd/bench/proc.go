@@ -263,3 +263,32 @@ func stopProcs(procs []*proc, grace time.Duration) {
 		<-p.done
 	}
 }
+
+// collect waits for a line of event from each of ids and returns them by
+// id. It gives up after timeout, if ctx ends, or if a process of the group
+// exits without having written its line.
+func (g *group) collect(ctx context.Context, timeout time.Duration, ev string, ids []string) (map[string]tagged, error) {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	got := make(map[string]tagged, len(ids))
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for len(got) < len(want) {
+		select {
+		case l := <-g.lines:
+			if l.Event == ev && want[l.ID] {
+				got[l.ID] = l
+			}
+			if l.Event == measure.EventExiting && want[l.ID] && got[l.ID].Event == "" {
+				return nil, fmt.Errorf("bench: %s exited (%s) before %s", l.proc, l.Fields["err"], ev)
+			}
+		case <-timer.C:
+			return nil, fmt.Errorf("%w %v for %s from %d of %d processes", errTimeout, timeout, ev, len(want)-len(got), len(want))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return got, nil
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/sidecar/kube"
 )
 
 // info is what the report says about the run besides the numbers.
@@ -119,6 +120,14 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("")
 	p("%s", lockTable(r, h, o).Markdown())
 
+	if t, ok := contentionTable(r, o); ok {
+		p("### Contention and scale")
+		p("")
+		p("%s", t.Markdown())
+		p("%s", contentionNotes(r, o))
+		p("")
+	}
+
 	p("### Every trial")
 	p("")
 	list := func(name string, xs []float64, unit float64, f string) {
@@ -149,6 +158,18 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		list(backend+" backend Lock+Unlock p50 per trial, ms", r.rtt[backend], 1e-3, msec)
 		list(backend+" backend Lock+Unlock p99 per trial, ms", r.rtt99[backend], 1e-3, msec)
 		list(backend+" backend round trips per second", r.rate[backend], 1, rate)
+	}
+	for _, c := range contentionRuns(o) {
+		var rates []float64
+		for _, x := range r.contend[c.key] {
+			rates = append(rates, x.rate)
+		}
+		list("contended, "+c.key+", acquisitions/s", rates, 1, rate)
+	}
+	for _, sc := range scaleRuns(o) {
+		for _, x := range r.scale[sc.key] {
+			list("scale ("+sc.key+" limit), the elector's resident memory every "+scaleSample.String()+", MiB", x.rss, 1<<20, rate)
+		}
 	}
 	p("")
 	p("Logs of every process of this run were in `%s` on the machine that ran it.", relPath(h.logs))
@@ -313,4 +334,115 @@ func writeReport(path, report string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(measure.Splice(doc, report)), 0o644)
+}
+
+// contentionLabel names a contended run in the table.
+func contentionLabel(c contentionRun) string {
+	switch c.key {
+	case "kube":
+		return fmt.Sprintf("kubernetes: %d lockers of one lock through %d electors, client-side limit as shipped (%d/s, burst %d)",
+			c.clients, c.electors, kube.DefaultQPS, kube.DefaultBurst)
+	case "kube-raised":
+		return fmt.Sprintf("kubernetes: the same, the electors' limit raised (`%s`)", strings.Join(c.extra, " "))
+	case "crowd-memory":
+		return fmt.Sprintf("memory: %d lockers (processes) of one lock through one elector", c.clients)
+	case "crowd-kube":
+		return fmt.Sprintf("kubernetes: %d lockers (processes) of one lock through one elector, limit as shipped", c.clients)
+	}
+	return c.key
+}
+
+// contentionTable is the table of the contended runs and the scale run;
+// ok is false when neither ran.
+func contentionTable(r *results, o options) (t measure.Table, ok bool) {
+	t = measure.Table{Header: []string{"measurement", "median [min–max]", "trials"}}
+	add := func(name string, xs []float64, f string, unit float64) {
+		s := measure.Summarize(xs)
+		t.Rows = append(t.Rows, []string{name, s.Format(f, unit), strconv.Itoa(s.N)})
+	}
+	floorRate := 0.0
+	if r.floorN > 0 {
+		floorRate = float64(r.floorN) / o.floorDuration.Seconds()
+	}
+	for _, c := range contentionRuns(o) {
+		rs := r.contend[c.key]
+		if len(rs) == 0 {
+			continue
+		}
+		ok = true
+		var rates, share, writes, conflicts, writeRate, least, most, cpu, rss []float64
+		for _, x := range rs {
+			rates = append(rates, x.rate)
+			if floorRate > 0 {
+				share = append(share, x.rate/floorRate)
+			}
+			writes, conflicts, writeRate = append(writes, x.writes), append(conflicts, x.conflicts), append(writeRate, x.writeRate)
+			cs := measure.Summarize(x.counts)
+			least, most = append(least, cs.Min/o.contendWindow.Seconds()), append(most, cs.Max/o.contendWindow.Seconds())
+			var sum, top float64
+			for i := range x.cpu {
+				sum += x.cpu[i]
+				top = max(top, x.rss[i])
+			}
+			cpu, rss = append(cpu, 100*sum), append(rss, top)
+		}
+		t.Rows = append(t.Rows, []string{"**" + contentionLabel(c) + "**", "", ""})
+		add("  acquisitions/s, all lockers", rates, rate, 1)
+		if c.backend == "kubernetes" {
+			if floorRate > 0 {
+				add(fmt.Sprintf("  share of the raw conditional-update rate (%.0f/s, one writer back to back)", floorRate), share, "%.2f", 1)
+			}
+			add("  lease writes (PUT, POST) per acquisition", writes, "%.2f", 1)
+			add("    of which refused (409 Conflict)", conflicts, "%.2f", 1)
+			add("  lease writes/s at the API server, all electors", writeRate, rate, 1)
+		}
+		add("  acquisitions/s of the least served locker", least, "%.2f", 1)
+		add("  acquisitions/s of the most served locker", most, "%.2f", 1)
+		add("  elector CPU, % of one core (all electors)", cpu, "%.0f", 1)
+		add("  elector resident memory, MiB (the largest elector)", rss, rate, 1<<20)
+	}
+	for _, sc := range scaleRuns(o) {
+		for _, x := range r.scale[sc.key] {
+			ok = true
+			limit := fmt.Sprintf("`%s`", strings.Join(sc.extra, " "))
+			if len(sc.extra) == 0 {
+				limit = fmt.Sprintf("limit as shipped, %d/s", kube.DefaultQPS)
+			}
+			t.Rows = append(t.Rows, []string{fmt.Sprintf("**kubernetes: one elector holding %d locks for %v (%s)**", o.scaleLocks, sc.window, limit), "", ""})
+			add("  locks taken (Lock returned; the others failed)", []float64{float64(x.taken)}, "%.0f", 1)
+			add("  time to take them (or fail), s", []float64{x.acquire}, secs, 1)
+			add(fmt.Sprintf("  elector resident memory, MiB, sampled every %v", scaleSample), x.rss, rate, 1<<20)
+			add("  elector CPU, % of one core", []float64{100 * x.cpu}, "%.0f", 1)
+			total := 0.0
+			for _, v := range x.perMin {
+				total += v
+			}
+			add("  lease requests/min, net of the quiet baseline", []float64{total - measure.Summarize(totals(r.quiet, nil)).Median}, rate, 1)
+			for _, v := range sortedKeys(x.perMin) {
+				if x.perMin[v] != 0 {
+					add("    of which "+v+" (not net)", []float64{x.perMin[v]}, rate, 1)
+				}
+			}
+			add("  locks lost while held", []float64{float64(x.lost)}, "%.0f", 1)
+		}
+	}
+	return t, ok
+}
+
+// contentionNotes is the text under the contention table: the safety
+// check over every contended run.
+func contentionNotes(r *results, o options) string {
+	var n, bad, lost int
+	for _, rs := range r.contend {
+		for _, x := range rs {
+			for _, c := range x.counts {
+				n += int(c)
+			}
+			bad += len(x.violations)
+			lost += x.lost
+		}
+	}
+	return fmt.Sprintf("Every contended run is also checked for mutual exclusion on the lockers' own clock: over all of them, %d acquisitions, %d violations "+
+		"(a term acquired before the previous one began to unlock, or a token not greater than the previous one's), %d terms lost before their Unlock. "+
+		"Each run lasts %v; lockers hold the lock for no time at all (Lock, then at once Unlock).", n, bad, lost, o.contendWindow)
 }

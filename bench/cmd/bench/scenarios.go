@@ -86,8 +86,8 @@ func (h *harness) startMpsync(g *group, lease, id string) (member, error) {
 }
 
 // startElector starts an elector on a free loopback port and waits until
-// it is ready; it returns its address.
-func (h *harness) startElector(g *group, name, backend, identity string) (*proc, string, error) {
+// it is ready; it returns its address. extra are further flags.
+func (h *harness) startElector(g *group, name, backend, identity string, extra ...string) (*proc, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -98,6 +98,7 @@ func (h *harness) startElector(g *group, name, backend, identity string) (*proc,
 	if backend == "kubernetes" {
 		args = append(args, "--namespace", h.ns, "--kubeconfig", h.c.electorCfg)
 	}
+	args = append(args, extra...)
 	p, err := g.start(name, false, args...)
 	if err != nil {
 		return nil, "", err

@@ -5,6 +5,8 @@
 //
 //	mpsync-locker -elector ADDR -name LOCK -identity ID -mode handover
 //	mpsync-locker -elector ADDR -name LOCK -identity ID -mode roundtrip [-duration 3s] [-interval 0]
+//	mpsync-locker -elector ADDR -name LOCK -identity ID -mode contend -record FILE [-hold 0]
+//	mpsync-locker -elector ADDR -name PREFIX -identity ID -mode hold -locks N
 //
 // In handover mode it obeys commands on stdin, one a line: "lock" calls
 // Lock (it prints waiting, then acquired when Lock returns), "unlock" calls
@@ -16,6 +18,21 @@
 // and prints one roundtrips line with n,
 // elapsed_ns, and p50_ns, p99_ns and max_ns of the round trips.
 //
+// In contend mode it prints started, then waits for the command
+// "go UNTIL_NS" on stdin and, until CLOCK_MONOTONIC reaches UNTIL_NS, calls
+// Lock, holds the lock for the -hold duration and calls Unlock, again and
+// again, against the other lockers of the same lock. It writes every term
+// to the -record file (see measure.WriteHold) and prints one contended
+// line with n and lost.
+//
+// In hold mode it takes the locks PREFIX-0 … PREFIX-(N-1), at most
+// -concurrency Lock calls at a time, through one shared transport, prints
+// holding with n (taken), failed (Lock calls that failed, with -keep-going;
+// without it, the first failure ends the program) and elapsed_ns, and
+// holds them until SIGTERM, SIGINT or
+// EOF on stdin. It prints lost for any lock it loses meanwhile, then
+// unlocks them all and prints released with n and lost.
+//
 // Lines on stdout follow package bench/internal/measure.
 package main
 
@@ -25,10 +42,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,8 +63,14 @@ func main() {
 	mode := flag.String("mode", "handover", "handover or roundtrip")
 	duration := flag.Duration("duration", 3*time.Second, "how long roundtrip mode runs")
 	interval := flag.Duration("interval", 0, "pause between round trips in roundtrip mode")
+	record := flag.String("record", "", "`file` to write the terms of contend mode to (required in that mode)")
+	hold := flag.Duration("hold", 0, "how long to hold the lock in each term of contend mode")
+	locks := flag.Int("locks", 1000, "how many locks hold mode takes")
+	concurrency := flag.Int("concurrency", 32, "most Lock calls at once in hold mode")
+	keepGoing := flag.Bool("keep-going", false, "in hold mode, count a Lock that fails and go on, instead of exiting")
 	flag.Parse()
-	if flag.NArg() > 0 || *elector == "" || *identity == "" || *duration <= 0 || *interval < 0 {
+	if flag.NArg() > 0 || *elector == "" || *identity == "" || *duration <= 0 || *interval < 0 || *hold < 0 ||
+		*locks < 1 || *concurrency < 1 || (*mode == "contend" && *record == "") {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -60,6 +86,10 @@ func main() {
 		err = handover(ctx, lock)
 	case "roundtrip":
 		err = roundtrip(ctx, lock, *duration, *interval)
+	case "contend":
+		err = contend(ctx, lock, *record, *hold)
+	case "hold":
+		err = holdMany(ctx, *elector, *name, *identity, *locks, *concurrency, *keepGoing)
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
 	}
@@ -164,4 +194,183 @@ func roundtrip(ctx context.Context, lock *mpsync.Lock, d, interval time.Duration
 		"p50_ns", ns(rtts[len(rtts)/2]),
 		"p99_ns", ns(rtts[len(rtts)*99/100]),
 		"max_ns", ns(rtts[len(rtts)-1]))
+}
+
+// contend waits for "go UNTIL_NS" on stdin, then takes and releases lock
+// until CLOCK_MONOTONIC reaches UNTIL_NS, writing every term to the file
+// record.
+func contend(ctx context.Context, lock *mpsync.Lock, record string, hold time.Duration) error {
+	id := lock.Identity()
+	f, err := os.Create(record)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	_ = measure.Emit(os.Stdout, measure.EventStarted, id)
+	sc := bufio.NewScanner(os.Stdin)
+	if !sc.Scan() {
+		return errors.New("stdin closed before the go command")
+	}
+	cmd, arg, _ := strings.Cut(sc.Text(), " ")
+	until, err := strconv.ParseInt(arg, 10, 64)
+	if cmd != "go" || err != nil {
+		return fmt.Errorf("want the command \"go UNTIL_NS\", got %q", sc.Text())
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(until-measure.Now()))
+	defer cancel()
+	n, lost := 0, 0
+	for {
+		held, err := lock.Lock(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return err
+		}
+		h := measure.Hold{Token: 0, Acquired: measure.Now()}
+		h.Token, _ = mpsync.FencingToken(held)
+		if hold > 0 {
+			time.Sleep(hold)
+		}
+		h.Unlocking = measure.Now()
+		if held.Err() != nil {
+			lost++
+		}
+		if err := lock.Unlock(); err != nil && !errors.Is(err, mpsync.ErrNotHeld) {
+			return err
+		}
+		n++
+		if err := measure.WriteHold(w, h); err != nil {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return measure.Emit(os.Stdout, measure.EventContended, id, "n", strconv.Itoa(n), "lost", strconv.Itoa(lost))
+}
+
+// holdMany takes the locks prefix-0 … prefix-(n-1), at most concurrency at
+// a time, holds them until ctx ends or stdin closes, and unlocks them.
+func holdMany(ctx context.Context, elector, prefix, identity string, n, concurrency int, keepGoing bool) error {
+	tr, err := mpsync.NewHTTPTransport(elector)
+	if err != nil {
+		return err
+	}
+	_ = measure.Emit(os.Stdout, measure.EventStarted, identity)
+	stdinClosed := make(chan struct{})
+	go func() { // ends with stdin; the process exits soon after anyway
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stdinClosed)
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stdinClosed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	var (
+		mu       sync.Mutex
+		lost     int
+		stopping bool // set before the locks are let go: a loss after it is no loss
+		firstErr error
+		failed   int
+		wg       sync.WaitGroup
+		watchers sync.WaitGroup
+	)
+	stop := func() {
+		mu.Lock()
+		stopping = true
+		mu.Unlock()
+	}
+	// The terms' parent, not ctx: the end of ctx must not end them before
+	// stopping is set.
+	holdCtx, endHolds := context.WithCancel(context.Background())
+	defer endHolds()
+	abort := context.AfterFunc(ctx, func() { stop(); endHolds() })
+	locks := make([]*mpsync.Lock, n)
+	sem := make(chan struct{}, concurrency)
+	start := time.Now()
+	for i := range n {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		l, err := mpsync.NewLock(name, mpsync.WithTransport(tr), mpsync.WithIdentity(identity))
+		if err != nil {
+			return err
+		}
+		locks[i] = l
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			held, err := l.Lock(holdCtx)
+			if err != nil {
+				mu.Lock()
+				defer mu.Unlock()
+				if keepGoing && !stopping {
+					failed++
+					_ = measure.Emit(os.Stdout, measure.EventFailed, identity, "name", name, "err", err.Error())
+					return
+				}
+				if firstErr == nil && !stopping {
+					firstErr = fmt.Errorf("lock %s: %w", name, err)
+				}
+				cancel()
+				return
+			}
+			watchers.Add(1)
+			go func() {
+				defer watchers.Done()
+				<-held.Done()
+				mu.Lock()
+				defer mu.Unlock()
+				if !stopping {
+					lost++
+					_ = measure.Emit(os.Stdout, measure.EventLost, identity, "name", name,
+						"cause", context.Cause(held).Error())
+				}
+			}()
+		}()
+	}
+	wg.Wait()
+	abort()
+	mu.Lock()
+	err = firstErr
+	mu.Unlock()
+	if err == nil && ctx.Err() == nil {
+		_ = measure.Emit(os.Stdout, measure.EventHolding, identity, "n", strconv.Itoa(n-failed), "failed", strconv.Itoa(failed),
+			"elapsed_ns", strconv.FormatInt(time.Since(start).Nanoseconds(), 10))
+		<-ctx.Done()
+	}
+	stop()
+	for _, l := range locks {
+		if l == nil { // not reached: ctx ended first
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_ = l.Unlock() // ErrNotHeld for those lost or never taken
+		}()
+	}
+	wg.Wait()
+	endHolds()
+	watchers.Wait()
+	if err != nil {
+		return err
+	}
+	return measure.Emit(os.Stdout, measure.EventReleased, identity, "n", strconv.Itoa(n), "lost", strconv.Itoa(lost))
 }

@@ -37,6 +37,19 @@ const (
 	// EventRoundTrips: a locker's summary of Lock+Unlock round trips, with
 	// fields n, elapsed_ns, p50_ns, p99_ns and max_ns.
 	EventRoundTrips = "roundtrips"
+	// EventContended: a locker's summary of a contended run, with fields
+	// n (its acquisitions) and lost (terms that ended before it unlocked).
+	EventContended = "contended"
+	// EventHolding: a locker holds its locks, field n of them, taken in
+	// elapsed_ns; field failed counts the Lock calls that failed.
+	EventHolding = "holding"
+	// EventFailed: a locker's Lock of field name failed with field err.
+	EventFailed = "failed"
+	// EventLost: a locker's lock, field name, was lost while it held it.
+	EventLost = "lost"
+	// EventReleased: a locker has unlocked its n locks; field lost counts
+	// those it had lost meanwhile.
+	EventReleased = "released"
 	// EventExiting: the program is about to exit; field "err" says why if
 	// it failed.
 	EventExiting = "exiting"

@@ -136,6 +136,7 @@ const metricsText = `# HELP apiserver_request_total [STABLE] Counter of apiserve
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="GET",version="v1"} 12
 apiserver_request_total{code="404",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="GET",version="v1"} 3
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 7
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 2
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="namespace",subresource="",verb="GET",version="v1"} 99
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="POST",version="v1"} 1.5e+00
 # TYPE apiserver_longrunning_requests gauge
@@ -151,8 +152,8 @@ func TestParseMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 10 {
-		t.Errorf("ParseMetrics (all) got %d samples, want 10", len(all))
+	if len(all) != 11 {
+		t.Errorf("ParseMetrics (all) got %d samples, want 11", len(all))
 	}
 	last := all[len(all)-1]
 	if last.Name != "weird_metric" || last.Labels["path"] != `a"b\c` || last.Labels["x"] != "}" || last.Value != 1 {
@@ -163,15 +164,18 @@ func TestParseMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(samples) != 7 {
-		t.Errorf("ParseMetrics (two names) got %d samples, want 7", len(samples))
+	if len(samples) != 8 {
+		t.Errorf("ParseMetrics (two names) got %d samples, want 8", len(samples))
 	}
-	want := map[string]float64{"GET": 15, "PUT": 7, "POST": 1.5}
+	want := map[string]float64{"GET": 15, "PUT": 9, "POST": 1.5}
 	if got := LeaseRequests(samples); !maps.Equal(got, want) {
 		t.Errorf("LeaseRequests = %v, want %v", got, want)
 	}
 	if got := LeaseWatches(samples); got != 2 {
 		t.Errorf("LeaseWatches = %v, want 2", got)
+	}
+	if got := LeaseConflicts(samples); got != 2 {
+		t.Errorf("LeaseConflicts = %v, want 2", got)
 	}
 }
 

@@ -124,6 +124,19 @@ func LeaseRequests(samples []Sample) map[string]float64 {
 	return out
 }
 
+// LeaseConflicts sums apiserver_request_total over the series with
+// resource="leases" and code="409": writes refused because the object
+// changed since the writer read it (or, for a create, exists).
+func LeaseConflicts(samples []Sample) float64 {
+	var n float64
+	for _, s := range samples {
+		if s.Name == "apiserver_request_total" && s.Labels["resource"] == "leases" && s.Labels["code"] == "409" {
+			n += s.Value
+		}
+	}
+	return n
+}
+
 // LeaseWatches returns the number of open watches on leases, from the
 // apiserver_longrunning_requests gauge. Watches appear in
 // apiserver_request_total only when they end, so this is how an idle
