@@ -6,7 +6,7 @@
 # creates a namespace, applies examples/kubernetes/rbac.yaml in it, measures
 # client-go's leader election and mpsync's side by side, prints the table
 # and writes it into docs/BENCHMARKS.md. The control plane is stopped
-# whatever happens. Takes about 15 minutes on 2 cores; not part of
+# whatever happens. Takes about 25 minutes on 2 cores; not part of
 # `make test`.
 #
 # Extra arguments go to bin/bench/bench (e.g. `hack/bench.sh -trials 3
