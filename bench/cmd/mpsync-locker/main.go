@@ -297,7 +297,17 @@ func holdMany(ctx context.Context, elector, prefix, identity string, n, concurre
 	defer endHolds()
 	abort := context.AfterFunc(ctx, func() { stop(); endHolds() })
 	locks := make([]*mpsync.Lock, n)
+	// spawn runs f in a goroutine of wg, at most concurrency at a time.
 	sem := make(chan struct{}, concurrency)
+	spawn := func(f func()) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			f()
+		}()
+	}
 	start := time.Now()
 	for i := range n {
 		name := fmt.Sprintf("%s-%d", prefix, i)
@@ -309,11 +319,7 @@ func holdMany(ctx context.Context, elector, prefix, identity string, n, concurre
 		if ctx.Err() != nil {
 			break
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		spawn(func() {
 			held, err := l.Lock(holdCtx)
 			if err != nil {
 				mu.Lock()
@@ -341,7 +347,7 @@ func holdMany(ctx context.Context, elector, prefix, identity string, n, concurre
 						"cause", context.Cause(held).Error())
 				}
 			}()
-		}()
+		})
 	}
 	wg.Wait()
 	abort()
@@ -358,13 +364,7 @@ func holdMany(ctx context.Context, elector, prefix, identity string, n, concurre
 		if l == nil { // not reached: ctx ended first
 			break
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_ = l.Unlock() // ErrNotHeld for those lost or never taken
-		}()
+		spawn(func() { _ = l.Unlock() }) // ErrNotHeld for those lost or never taken
 	}
 	wg.Wait()
 	endHolds()
