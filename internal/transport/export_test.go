@@ -7,5 +7,5 @@ import "testing"
 // that POSTs to one of its paths and checks for 200.
 func StartElector(t *testing.T, args ...string) (addr string, post func(path string)) {
 	e := startElector(t, args...)
-	return e.addr, e.post
+	return e.Addr, e.post
 }

@@ -42,7 +42,7 @@ func child() int {
 func startChild(t *testing.T, e *elector, name string) (*exec.Cmd, uint64) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "MPSYNC_TEST_ADDR="+e.addr, "MPSYNC_TEST_NAME="+name)
+	cmd.Env = append(os.Environ(), childEnv+"=1", "MPSYNC_TEST_ADDR="+e.Addr, "MPSYNC_TEST_NAME="+name)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -148,9 +148,7 @@ func TestKillElector(t *testing.T) {
 	<-watching
 
 	killed := time.Now()
-	if err := e.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	e.Signal(syscall.SIGKILL)
 	el := waitDone(t, l)
 	t.Logf("SIGKILL of the elector -> lease Done: %v", time.Since(killed))
 	if el > 5*time.Second {
@@ -198,9 +196,7 @@ func TestTermElector(t *testing.T) {
 	eventually(t, "waiter queued", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
 
 	termed := time.Now()
-	if err := e.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
+	e.Signal(syscall.SIGTERM)
 	waitDone(t, l)
 	if err := l.Err(); !errors.Is(err, core.ErrLockLost) || !errors.Is(err, core.ErrUnavailable) {
 		t.Errorf("Err %v, want ErrLockLost and ErrUnavailable", err)
@@ -212,11 +208,11 @@ func TestTermElector(t *testing.T) {
 		t.Errorf("waiter: %v, want ErrUnavailable", err)
 	}
 	select {
-	case <-e.exited:
+	case <-e.Exited():
 		took := time.Since(termed)
 		t.Logf("SIGTERM -> exit: %v", took)
-		if e.err != nil {
-			t.Errorf("elector exit: %v, want status 0", e.err)
+		if err := e.Err(); err != nil {
+			t.Errorf("elector exit: %v, want status 0", err)
 		}
 		if took > 5*time.Second {
 			t.Errorf("exit took %v, want about 2 s at most", took)
@@ -224,7 +220,7 @@ func TestTermElector(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("elector did not exit after SIGTERM")
 	}
-	if !e.logged("lock released", map[string]any{"name": "a", "identity": "web-1", "why": "elector shutting down"}) {
+	if !e.Logged("lock released", map[string]any{"name": "a", "identity": "web-1", "why": "elector shutting down"}) {
 		t.Errorf("no log of the release of a by web-1 at shutdown")
 	}
 }

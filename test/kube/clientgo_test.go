@@ -225,7 +225,7 @@ func TestClientGoCandidate(t *testing.T) {
 		}
 	}
 
-	tr := newTransport(t, e.addr)
+	tr := newTransport(t, e.Addr)
 	begin := time.Now()
 	for term := 0; time.Since(begin) < duration; term++ {
 		el, err := mpsync.NewElection(name, mpsync.WithTransport(tr), mpsync.WithIdentity(fmt.Sprintf("mpsync-%d", term)))

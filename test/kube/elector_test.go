@@ -1,19 +1,12 @@
 package kube_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +16,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/drivertest"
+	"github.com/mpsync/mpsync/internal/electorproc"
 )
 
 // These tests run elector processes on the kubernetes backend, started as
@@ -34,13 +28,8 @@ import (
 
 // elector is a running elector process.
 type elector struct {
-	t      *testing.T
-	id     string
-	cmd    *exec.Cmd
-	addr   string // host:port
-	logs   *logSink
-	exited chan struct{}
-	err    error // from Wait; valid once exited is closed
+	id string
+	*electorproc.Process
 }
 
 // startElector starts an elector on the kubernetes backend for namespace
@@ -49,107 +38,32 @@ type elector struct {
 func startElector(t *testing.T, ns, id string, lease time.Duration) *elector {
 	t.Helper()
 	c := needControlPlane(t)
-	logs := &logSink{serving: make(chan string, 1)}
-	cmd := exec.Command(electorBin(t),
+	p, err := electorproc.Start(electorBin(t), waitFor,
 		"--backend", "kubernetes",
 		"--kubeconfig", c.electorKubeconfig,
 		"--namespace", ns,
 		"--identity", id,
-		"--listen", "127.0.0.1:0",
-		"--lease-duration", lease.String(),
-		"--log-level", "debug")
-	cmd.Stdout = io.Discard
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		"--lease-duration", lease.String())
+	if err != nil {
+		t.Fatalf("elector %s: %v", id, err)
 	}
-	e := &elector{t: t, id: id, cmd: cmd, logs: logs, exited: make(chan struct{})}
-	go func() {
-		e.err = cmd.Wait()
-		close(e.exited)
-	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-e.exited:
-		case <-time.After(waitFor):
-			t.Errorf("elector %s still running %v after SIGTERM; killing it", id, waitFor)
-			_ = cmd.Process.Kill()
-			<-e.exited
+		if !p.Stop(waitFor) {
+			t.Errorf("elector %s still running %v after SIGTERM; killed it", id, waitFor)
 		}
 		if t.Failed() {
-			t.Logf("elector %s log:\n%s", id, logs.String())
+			t.Logf("elector %s log:\n%s", id, p.Log())
 		}
 	})
-	select {
-	case e.addr = <-logs.serving:
-	case <-e.exited:
-		t.Fatalf("elector %s exited before serving: %v\n%s", id, e.err, logs.String())
-	case <-time.After(waitFor):
-		t.Fatalf("elector %s not serving within %v\n%s", id, waitFor, logs.String())
-	}
-	eventually(t, "elector "+id+" ready", func() bool {
-		resp, err := http.Get("http://" + e.addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return e
+	eventually(t, "elector "+id+" ready", p.Ready)
+	return &elector{id: id, Process: p}
 }
 
-// kill sends SIGKILL and waits for the process to end.
-func (e *elector) kill() {
-	_ = e.cmd.Process.Kill()
-	<-e.exited
-}
-
-// waiters reads the elector's mpsync_elector_waiters gauge.
+// waiters reads the elector's mpsync_elector_waiters gauge; "" if it
+// cannot.
 func (e *elector) waiters() string {
-	resp, err := http.Get("http://" + e.addr + "/metrics")
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "mpsync_elector_waiters "); ok {
-			return v
-		}
-	}
-	return ""
-}
-
-// logSink keeps an elector's stderr and finds its "serving" line.
-type logSink struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	serving chan string // the bound address, once
-	found   bool
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	if !l.found {
-		for line := range strings.SplitSeq(l.buf.String(), "\n") {
-			var m struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" && m.Addr != "" {
-				l.found = true
-				l.serving <- m.Addr
-				break
-			}
-		}
-	}
-	return len(p), nil
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	v, _ := e.Metric("mpsync_elector_waiters")
+	return v
 }
 
 func newTransport(t *testing.T, addr string) mpsync.Transport {
@@ -178,7 +92,7 @@ func (h *harness) Transport(t *testing.T) mpsync.Transport {
 	e := h.electors[h.next%len(h.electors)]
 	h.next++
 	h.mu.Unlock()
-	return newTransport(t, e.addr)
+	return newTransport(t, e.Addr)
 }
 
 // Revoke writes a foreign holder into the Lease, as an operator (or a
@@ -224,7 +138,7 @@ func TestConformance(t *testing.T) {
 
 func newLock(t *testing.T, e *elector, name, id string) *mpsync.Lock {
 	t.Helper()
-	l, err := mpsync.NewLock(name, mpsync.WithTransport(newTransport(t, e.addr)), mpsync.WithIdentity(id))
+	l, err := mpsync.NewLock(name, mpsync.WithTransport(newTransport(t, e.Addr)), mpsync.WithIdentity(id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +238,7 @@ func TestCrashFailover(t *testing.T) {
 	}()
 	eventually(t, "b's request reached its elector", func() bool { return eb.waiters() == "1" })
 	killed := time.Now()
-	ea.kill()
+	ea.Kill()
 	heldB := <-got
 	if heldB == nil {
 		return
