@@ -214,17 +214,25 @@ func (s *Server) lookup(name, id string) *session {
 	return sess
 }
 
-// renew serves POST /v1/locks/{name}/renew.
-func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
-	if !checkName(w, name) {
-		return
-	}
+// sessionRequest checks name and reads the body of a renew or release: a
+// SessionRequest naming a session. On bad input it answers the request and
+// returns false.
+func sessionRequest(w http.ResponseWriter, r *http.Request, name string) (transport.SessionRequest, bool) {
 	var req transport.SessionRequest
-	if !decodeBody(w, r, &req) {
-		return
+	if !checkName(w, name) || !decodeBody(w, r, &req) {
+		return req, false
 	}
 	if req.Session == "" {
 		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, `"session" is required`)
+		return req, false
+	}
+	return req, true
+}
+
+// renew serves POST /v1/locks/{name}/renew.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
+	req, ok := sessionRequest(w, r, name)
+	if !ok {
 		return
 	}
 	sess := s.lookup(name, req.Session)
@@ -252,15 +260,8 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
 // release serves POST /v1/locks/{name}/release. Releasing a session that
 // has ended or never existed succeeds: release is idempotent.
 func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
-	if !checkName(w, name) {
-		return
-	}
-	var req transport.SessionRequest
-	if !decodeBody(w, r, &req) {
-		return
-	}
-	if req.Session == "" {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, `"session" is required`)
+	req, ok := sessionRequest(w, r, name)
+	if !ok {
 		return
 	}
 	if sess := s.lookup(name, req.Session); sess != nil {
