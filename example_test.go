@@ -9,7 +9,7 @@ import (
 	"github.com/mpsync/mpsync/mpsynctest"
 )
 
-// The seed's lock example: take the lock "test", work while holding it,
+// Metaparticle Sync's lock example: take the lock "test", work while holding it,
 // then unlock. Here against the in-memory elector, as a unit test would.
 func ExampleLock() {
 	f := mpsynctest.NewElector()
@@ -45,7 +45,7 @@ func ExampleLock() {
 	// released: mpsync: lock released by Unlock
 }
 
-// The seed's election example: print when this replica becomes leader and
+// Metaparticle Sync's election example: print when this replica becomes leader and
 // when it stops being leader. Here the leader's lease is revoked, as a
 // real loss would end it, and the candidate campaigns again.
 func ExampleElection() {

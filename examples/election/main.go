@@ -1,4 +1,4 @@
-// Command election is the seed's election example in Go: it runs for
+// Command election is Metaparticle Sync's election example in Go: it runs for
 // leader of the election "test" and prints when it becomes leader, whom it
 // follows, and when and why it stops being leader, until SIGINT or
 // SIGTERM. Run several copies against one elector, kill the leader, and

@@ -1,4 +1,4 @@
-// Command lock is the seed's lock example in Go: it takes the lock "test",
+// Command lock is Metaparticle Sync's lock example in Go: it takes the lock "test",
 // holds it for 45 seconds, unlocks it, and prints what happens on the way.
 // Run several copies against one elector and watch the lock pass from one
 // to the next, each acquisition with a greater fencing token.

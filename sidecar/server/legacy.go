@@ -14,7 +14,7 @@ import (
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
-// The seed's protocol (DESIGN.md, "Wire protocol of the elector"), as its
+// Metaparticle Sync's protocol (DESIGN.md, "Wire protocol of the elector"), as its
 // JavaScript, Python, Java, .NET and Go clients speak it:
 //
 //	GET /locks/{name}  200 while someone holds the lock, 404 while nobody does
@@ -95,7 +95,7 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 			return
 		}
 		// Lost since the last PUT; its watcher forgets it. Take it
-		// afresh below, as the seed's elector would.
+		// afresh below, as Metaparticle Sync's elector would.
 		log.Info("legacy lease had ended; acquiring again", zap.Error(err))
 	}
 

@@ -10,14 +10,14 @@ import (
 	"github.com/mpsync/mpsync/internal/transport"
 )
 
-// seedClient does exactly what the seed's JavaScript client
+// mpClient does exactly what Metaparticle Sync's JavaScript client
 // (metaparticle-io/sync javascript/lib/lock.js) does, one step per call,
 // with the 10 s timers left to the test:
 //
 //	lock():     GET /locks/NAME; on 404 or 200, PUT /locks/NAME (no body);
 //	            PUT 200 -> acquired; anything else -> try again later
 //	holdLock(): GET; on 200, PUT; PUT not 200 while held -> lost
-type seedClient struct {
+type mpClient struct {
 	e    *env
 	name string
 	held bool
@@ -25,7 +25,7 @@ type seedClient struct {
 }
 
 // step runs one timer's worth of the client and returns the status codes.
-func (c *seedClient) step() (get, put int) {
+func (c *mpClient) step() (get, put int) {
 	c.e.t.Helper()
 	get, _, _ = c.e.do("GET", "/locks/"+c.name, "")
 	if !c.held {
@@ -46,10 +46,10 @@ func (c *seedClient) step() (get, put int) {
 	return get, put
 }
 
-func TestLegacySeedClient(t *testing.T) {
+func TestLegacyMetaparticleClient(t *testing.T) {
 	const ttl = core.MinLease // 30 s in production; short here to see expiry
 	e := newEnv(t, Config{LegacyTTL: ttl})
-	js := &seedClient{e: e, name: "a"}
+	js := &mpClient{e: e, name: "a"}
 
 	// Never held: GET 404, PUT 200.
 	if get, put := js.step(); get != 404 || put != 200 || !js.held {
@@ -95,7 +95,7 @@ func TestLegacySeedClient(t *testing.T) {
 		t.Fatalf("holdLock() after expiry: GET %d PUT %d lost %v; want 200, 409, lost", get, put, js.lost)
 	}
 	// A fresh lock() while v1 holds it: GET 200, PUT 409, try again later.
-	js2 := &seedClient{e: e, name: "a"}
+	js2 := &mpClient{e: e, name: "a"}
 	if get, put := js2.step(); get != 200 || put != 409 || js2.held {
 		t.Fatalf("lock() while v1 holds: GET %d PUT %d; want 200, 409", get, put)
 	}
@@ -138,7 +138,7 @@ func TestLegacyBodyIgnored(t *testing.T) {
 
 func TestLegacyRevoked(t *testing.T) {
 	e := newEnv(t, Config{Debug: true})
-	js := &seedClient{e: e, name: "a"}
+	js := &mpClient{e: e, name: "a"}
 	js.step()
 	e.doJSON("POST", "/debug/revoke/a", "", 200, nil)
 	eventually(t, "legacy grant forgotten", func() bool { return e.metric("mpsync_elector_locks_held") == "0" })

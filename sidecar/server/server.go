@@ -1,5 +1,5 @@
 // Package server is the elector's HTTP front end: the v1 push protocol that
-// the SDK's transport speaks, the seed's legacy GET/PUT protocol, health,
+// the SDK's transport speaks, Metaparticle Sync's legacy GET/PUT protocol, health,
 // readiness and Prometheus metrics, all on one handler over any
 // backend.Backend. PROTOCOL.md at the top of the repository documents the
 // wire format.
@@ -27,7 +27,7 @@ import (
 // Defaults of Config's zero values.
 const (
 	// DefaultLegacyTTL is the lease of a lock taken through the legacy
-	// protocol: the seed's 30 s, renewed by its clients every 10 s.
+	// protocol: Metaparticle Sync's 30 s, renewed by its clients every 10 s.
 	DefaultLegacyTTL = 30 * time.Second
 	// DefaultReadHeaderTimeout bounds how long a client may take to send
 	// its request headers.

@@ -1,6 +1,6 @@
 // Command elector is mpsync's sidecar: it keeps locks in a coordination
 // backend on behalf of the processes of its pod, which talk to it over HTTP
-// on 127.0.0.1:13131 with the v1 protocol (the Go SDK) or the seed's legacy
+// on 127.0.0.1:13131 with the v1 protocol (the Go SDK) or Metaparticle Sync's legacy
 // protocol (the Metaparticle JavaScript, Python, Java and .NET clients).
 // PROTOCOL.md documents both; `elector --help` lists the flags.
 //
@@ -241,7 +241,7 @@ func usage(out io.Writer, fs *flag.FlagSet) {
 
 The mpsync elector: keeps locks for the processes of its pod and pushes
 grants, losses and leader changes to them over HTTP (PROTOCOL.md).
-It also speaks the Metaparticle seed's GET/PUT /locks/{name} protocol.
+It also speaks Metaparticle Sync's GET/PUT /locks/{name} protocol.
 
 Every flag can also be set by an environment variable, named after it:
 --lease-duration is MPSYNC_LEASE_DURATION. A flag on the command line wins.

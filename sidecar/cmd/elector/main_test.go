@@ -302,10 +302,10 @@ func TestMemoryWarning(t *testing.T) {
 	}
 }
 
-// TestSeedJavaScriptClient runs a Node.js client that makes exactly the
-// seed JavaScript client's calls against a real elector, next to a v1
+// TestMetaparticleJavaScriptClient runs a Node.js client that makes exactly the
+// Metaparticle Sync JavaScript client's calls against a real elector, next to a v1
 // client of the same lock.
-func TestSeedJavaScriptClient(t *testing.T) {
+func TestMetaparticleJavaScriptClient(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node is not on PATH")
@@ -360,11 +360,11 @@ type nodeProc struct {
 	exited chan error
 }
 
-// startNode runs testdata/seedlock.js with a 100 ms interval in place of
-// the seed's 10 s.
+// startNode runs testdata/mplock.js with a 100 ms interval in place of
+// Metaparticle Sync's 10 s.
 func startNode(t *testing.T, node, addr, name string) *nodeProc {
 	t.Helper()
-	cmd := exec.Command(node, "testdata/seedlock.js", "http://"+addr, name, "100")
+	cmd := exec.Command(node, "testdata/mplock.js", "http://"+addr, name, "100")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-// A stand-in for the Metaparticle seed's JavaScript lock client
+// A stand-in for Metaparticle Sync's JavaScript lock client
 // (metaparticle-io/sync javascript/lib/lock.js), with Node's built-in http
 // module instead of the request package. It makes the same calls in the same
 // order and reads the same status codes:
@@ -10,10 +10,10 @@
 //              held -> lock again after the interval.
 //   hold:      GET; on 200 PUT (a renewal); otherwise GET again later.
 //
-// The seed waits 10 s between steps; the interval is the third argument
+// Metaparticle Sync's client waits 10 s between steps; the interval is the third argument
 // here so that tests need not wait that long.
 //
-// Usage: node seedlock.js BASE_URL NAME [INTERVAL_MS]
+// Usage: node mplock.js BASE_URL NAME [INTERVAL_MS]
 // Prints one line per step: "GET <code>", "PUT <code>", and "ACQUIRED",
 // "RENEWED" or "LOST"; exits 0 after LOST, 1 if the elector is unreachable.
 'use strict';
@@ -36,7 +36,7 @@ function call(method, done) {
     console.log('ERROR ' + err.code);
     process.exit(1);
   });
-  req.end(); // no body, as the seed's request.put
+  req.end(); // no body, as Metaparticle Sync's request.put
 }
 
 function lock() {
