@@ -1,5 +1,5 @@
 // Package core holds what every part of mpsync shares: the error values,
-// lock-name validation and the timing model of DESIGN.md. It imports nothing
+// lock-name validation and the timing model of docs/DESIGN.md. It imports nothing
 // outside the standard library, so the SDK, the fake, the HTTP transport and
 // the elector can all use it without pulling each other in.
 package core

@@ -19,7 +19,7 @@ type Grant interface {
 	// Token is the fencing token: greater than every earlier acquisition's.
 	Token() uint64
 	// Validity is how long the holder may act on the lease, counted from
-	// when Acquire was called (DESIGN.md's timing model).
+	// when Acquire was called (docs/DESIGN.md, "The timing model").
 	Validity() time.Duration
 	// Done is closed when the lease ends for any reason.
 	Done() <-chan struct{}

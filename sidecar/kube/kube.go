@@ -1,7 +1,7 @@
 // Package kube is the elector's Kubernetes backend: every lock is a
 // coordination.k8s.io/v1 Lease in the elector's namespace, kept through
 // client-go. etcd behind the API server gives it consensus; this package
-// adds the timing model of DESIGN.md on top of resourceVersion-conditioned
+// adds the timing model of docs/DESIGN.md on top of resourceVersion-conditioned
 // writes.
 //
 // # How a Lease is used

@@ -14,7 +14,7 @@ import (
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
-// Metaparticle Sync's protocol (DESIGN.md, "Wire protocol of the elector"), as its
+// Metaparticle Sync's protocol (docs/DESIGN.md, "The wire protocols"), as its
 // JavaScript, Python, Java, .NET and Go clients speak it:
 //
 //	GET /locks/{name}  200 while someone holds the lock, 404 while nobody does

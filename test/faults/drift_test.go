@@ -10,7 +10,7 @@ import (
 )
 
 // TestElectorClockFastWithinModel holds a lock through an elector whose
-// clock runs 1% fast, the drift DESIGN.md's timing model allows (core.Rho),
+// clock runs 1% fast, the drift docs/DESIGN.md's timing model allows (core.Rho),
 // stops the holder (SIGSTOP) so that it renews no more, and lets a client
 // of a second, exact elector wait for the lock. The holder's context ends
 // at its local deadline; the second client must not get the lock before.

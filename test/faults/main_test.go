@@ -1,4 +1,4 @@
-// Package faults checks DESIGN.md's guarantee 1, mutual exclusion as seen
+// Package faults checks docs/DESIGN.md's guarantee 1, mutual exclusion as seen
 // by the holder, under faults: processes contend for locks and elections
 // through electors while the harness kills and stops clients and electors,
 // kills and restarts the API server, cuts electors off from it or slows

@@ -22,7 +22,7 @@ import (
 const (
 	// A client process is SIGKILLed while (usually) holding a lock; a new
 	// client process takes its place. Its elector must release its locks
-	// when its streams break (DESIGN.md guarantee 5).
+	// when its streams break (docs/DESIGN.md, guarantee 5).
 	faultClientKill = "client-sigkill"
 	// A client process is stopped (SIGSTOP) and later continued: it stops
 	// renewing, its lease lapses and another client takes the lock, while

@@ -1,5 +1,5 @@
 // Package history records what every holder of a lock did, on one machine
-// and one clock, and checks the record against DESIGN.md's guarantees: no
+// and one clock, and checks the record against docs/DESIGN.md's guarantees: no
 // two holders' leadership intervals of the same lock overlap, fencing
 // tokens strictly increase in acquisition order, a holder appears soon
 // after every fault heals, and no lock stays held by a dead client.
