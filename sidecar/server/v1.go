@@ -88,7 +88,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	gone := func() bool { return r.Context().Err() != nil || st.failed() }
 
 	log := s.log.With(zap.String("name", name), zap.String("identity", req.Identity))
-	g, err := s.await(ctx, cancel, st, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait})
+	g, err := s.await(ctx, cancel, st, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait}, log)
 	if err != nil {
 		if gone() {
 			log.Debug("client went away while waiting")
@@ -122,7 +122,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 // grant, it answers 200 and a waiting line after waitingAfter, then a
 // heartbeat every transport.HeartbeatInterval; a write that fails (the
 // client has gone) cancels the wait. It returns what Acquire returned.
-func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *stream, req core.Request) (backend.Grant, error) {
+func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *stream, req core.Request, log *zap.Logger) (backend.Grant, error) {
 	if !req.Wait {
 		return s.b.Acquire(ctx, req)
 	}
@@ -148,6 +148,7 @@ func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *strea
 			return res.g, res.err
 		case <-waiting.C:
 			err = st.send(transport.Event{Type: transport.EventWaiting}, streamWriteTimeout)
+			log.Debug("waiting for the lock", zap.Error(err))
 		case <-tick.C:
 			if st.started {
 				err = st.heartbeat()
