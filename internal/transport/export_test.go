@@ -9,3 +9,7 @@ func StartElector(t *testing.T, args ...string) (addr string, post func(path str
 	e := startElector(t, args...)
 	return e.Addr, e.post
 }
+
+// armedStreams is how many of c's streams have seen a heartbeat or waiting
+// line, which arms their silence.
+func (c *Client) armedStreams() int64 { return c.armed.Load() }

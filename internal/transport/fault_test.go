@@ -194,6 +194,11 @@ func TestTermElector(t *testing.T) {
 		waiterErr <- err
 	}()
 	eventually(t, "waiter queued", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+	// The waiter has its 200 and waiting line: the shutdown reaches it as
+	// an error line, which must fail it as a 503 would.
+	eventually(t, "the waiter told it waits", func() bool {
+		return e.Logged("waiting for the lock", map[string]any{"name": "a", "identity": "web-2"})
+	})
 
 	termed := time.Now()
 	e.Signal(syscall.SIGTERM)
@@ -222,5 +227,58 @@ func TestTermElector(t *testing.T) {
 	}
 	if !e.Logged("lock released", map[string]any{"name": "a", "identity": "web-1", "why": "elector shutting down"}) {
 		t.Errorf("no log of the release of a by web-1 at shutdown")
+	}
+}
+
+// TestSilentElector: an elector that is stopped (SIGSTOP) keeps its
+// connections open but sends nothing. A held lease ends once its stream has
+// been silent for Silence, as a lost lease with ErrUnavailable; a waiting
+// Acquire fails with ErrUnavailable; a watch fails the same way.
+func TestSilentElector(t *testing.T) {
+	e := startElector(t)
+	c := e.client()
+	l, err := c.Acquire(bg(), "a", "web-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiterErr := make(chan error, 1)
+	go func() {
+		_, err := c.Acquire(bg(), "a", "web-2", true)
+		waiterErr <- err
+	}()
+	watchErr := make(chan error, 1)
+	watching := make(chan struct{}, 1)
+	go func() {
+		watchErr <- c.Watch(bg(), "a", func(core.Holder) {
+			select {
+			case watching <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	eventually(t, "heartbeats on the three streams", func() bool { return c.armedStreams() == 3 })
+	<-watching
+
+	e.Signal(syscall.SIGSTOP)
+	defer e.Signal(syscall.SIGCONT)
+	stopped := time.Now()
+	took := waitDone(t, l)
+	t.Logf("stopped elector -> lease done: %v (Silence %v)", took, Silence)
+	if err := l.Err(); !errors.Is(err, core.ErrLockLost) || !errors.Is(err, core.ErrUnavailable) {
+		t.Errorf("Err %v, want ErrLockLost and ErrUnavailable", err)
+	}
+	for what, ch := range map[string]chan error{"waiting Acquire": waiterErr, "Watch": watchErr} {
+		select {
+		case err := <-ch:
+			if !errors.Is(err, core.ErrUnavailable) {
+				t.Errorf("%s: %v, want ErrUnavailable", what, err)
+			}
+			t.Logf("stopped elector -> %s failed: %v", what, time.Since(stopped))
+		case <-time.After(waitFor):
+			t.Fatalf("%s still going %v after the elector stopped", what, time.Since(stopped))
+		}
+	}
+	if n := c.armedStreams(); n != 0 {
+		t.Errorf("%d streams still armed after they ended, want 0", n)
 	}
 }

@@ -22,6 +22,7 @@ type Lease struct {
 	token    uint64
 	validity time.Duration
 	cancel   context.CancelFunc // ends the stream's request
+	quiet    *silence           // ends the stream when the elector falls silent
 	done     chan struct{}      // closed by run when the lease has ended
 
 	mu        sync.Mutex
@@ -40,8 +41,8 @@ func (l *Lease) Token() uint64 { return l.token }
 func (l *Lease) Validity() time.Duration { return l.validity }
 
 // Done is closed when the lease ends: lost, released, or the stream that
-// carries it broke (the elector is gone). It closes at once when the elector
-// tells of a loss or its connection drops.
+// carries it broke or fell silent for Silence (the elector is gone). It
+// closes at once when the elector tells of a loss or its connection drops.
 func (l *Lease) Done() <-chan struct{} { return l.done }
 
 // Err is nil while the lease lasts and after a release. After a loss it
@@ -57,15 +58,17 @@ func (l *Lease) Err() error {
 // run reads the acquire stream until its last line or its end, then ends
 // the lease.
 func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
+	quiet := l.quiet
 	var err error
 	var last Event
 	for {
 		ev, rerr := readEvent(br)
 		if rerr != nil {
 			err = fmt.Errorf("%w: %w: the stream from the elector at %s ended without a release or a loss (elector gone?): %w",
-				core.ErrLockLost, core.ErrUnavailable, l.c.base, rerr)
+				core.ErrLockLost, core.ErrUnavailable, l.c.base, quiet.explain(rerr))
 			break
 		}
+		quiet.heard(ev)
 		if ev.Type == EventReleased {
 			last = ev
 			break
@@ -75,8 +78,9 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 			err = lostError(ev)
 			break
 		}
-		// Other types are for later versions: ignore them.
+		// Heartbeats, and types for later versions: read on.
 	}
+	quiet.stop()
 	l.cancel()
 	body.Close()
 	l.mu.Lock()

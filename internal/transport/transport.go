@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -36,6 +37,8 @@ type Client struct {
 	base string // "http://host:port"
 	tr   *http.Transport
 	hc   *http.Client
+	// armed counts the streams whose silence is armed (see Silence).
+	armed atomic.Int64
 }
 
 // New returns a client for the elector at addr: "http://127.0.0.1:13131",
@@ -118,6 +121,13 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 	if err := json.Unmarshal(b, &eb); err != nil || eb.Code == "" {
 		return fmt.Errorf("transport: the elector at %s answered %s with no mpsync error body (is something else listening there?)", c.base, resp.Status)
 	}
+	return c.codeError(eb, resp.Status, name)
+}
+
+// codeError is the error of an error body, or of a stream's error line
+// (status then names the line): it wraps the core value its code stands
+// for.
+func (c *Client) codeError(eb ErrorBody, status, name string) error {
 	switch eb.Code {
 	case CodeLocked:
 		if eb.Holder != "" {
@@ -131,7 +141,7 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 	case CodeUnavailable:
 		return fmt.Errorf("%w: the elector at %s says: %s", core.ErrUnavailable, c.base, eb.Error)
 	}
-	return fmt.Errorf("transport: the elector at %s answered %s (%s): %s", c.base, resp.Status, eb.Code, eb.Error)
+	return fmt.Errorf("transport: the elector at %s answered %s (%s): %s", c.base, status, eb.Code, eb.Error)
 }
 
 // do sends one request with a JSON body (nil for none) and returns the
@@ -243,20 +253,20 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		}
 		return nil, err
 	}
+	quiet := newSilence(cancel, &c.armed)
 	br := bufio.NewReaderSize(resp.Body, maxLine)
-	ev, err := readEvent(br)
-	if err == nil && ev.Type != EventAcquired {
-		err = fmt.Errorf("first stream line is %q, want %q", ev.Type, EventAcquired)
-	}
+	ev, err := c.grantLine(br, quiet, name)
 	if !stopWatching() || err != nil {
 		// ctx ended (the request is cancelled, so the elector releases
-		// anything it granted) or the stream is unusable.
+		// anything it granted), the elector refused or went silent, or the
+		// stream is unusable.
+		quiet.stop()
 		cancel()
 		resp.Body.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("%w: acquire stream from the elector at %s: %w", core.ErrUnavailable, c.base, err)
+		return nil, err
 	}
 	l := &Lease{
 		c:        c,
@@ -265,15 +275,37 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		token:    ev.Token,
 		validity: time.Duration(ev.ValidityMs) * time.Millisecond,
 		cancel:   cancel,
+		quiet:    quiet,
 		done:     make(chan struct{}),
 	}
 	go l.run(br, resp.Body)
 	return l, nil
 }
 
+// grantLine reads an acquire stream up to its acquired line, skipping
+// waiting and heartbeat lines. An error line before it fails as its code
+// would as a status (core.ErrUnavailable, ...).
+func (c *Client) grantLine(br *bufio.Reader, quiet *silence, name string) (Event, error) {
+	for {
+		ev, err := readEvent(br)
+		if err != nil {
+			return Event{}, fmt.Errorf("%w: acquire stream from the elector at %s: %w", core.ErrUnavailable, c.base, quiet.explain(err))
+		}
+		quiet.heard(ev)
+		switch ev.Type {
+		case EventAcquired:
+			return ev, nil
+		case EventError:
+			return Event{}, c.codeError(ErrorBody{Error: ev.Error, Code: ev.Code, Holder: ev.Holder}, "an error line", name)
+		}
+		// waiting, heartbeat, and types for later versions: read on.
+	}
+}
+
 // Watch calls fn with the state of the lock name, then again after every
 // change of holder, until ctx ends (it returns ctx.Err()) or the stream
-// fails (an error wrapping core.ErrUnavailable). fn is called from the
+// fails or falls silent for Silence (an error wrapping
+// core.ErrUnavailable). fn is called from the
 // goroutine that called Watch, one call at a time. A slow fn delays reading
 // the stream, and the elector coalesces what it cannot send: fn may miss
 // intermediate holders, never the latest one.
@@ -284,11 +316,15 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	resp, err := c.do(ctx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, err := c.do(streamCtx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	quiet := newSilence(cancel, &c.armed)
+	defer quiet.stop()
 	br := bufio.NewReaderSize(resp.Body, maxLine)
 	for {
 		ev, err := readEvent(br)
@@ -296,8 +332,9 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, err)
+			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, quiet.explain(err))
 		}
+		quiet.heard(ev)
 		switch ev.Type {
 		case EventHolder:
 			fn(core.Holder{Identity: ev.Holder, Token: ev.Token})

@@ -4,6 +4,16 @@ package transport
 // this package and the elector (sidecar/server) both use them, so the two
 // sides cannot drift apart.
 
+import "time"
+
+// HeartbeatInterval is how often the elector writes a heartbeat line on a
+// stream that has nothing else to say: a waiting acquire, a held acquire, a
+// watch. Each write has a deadline, and a write to a client that has closed
+// its connection fails (its kernel answers the first with a reset), so the
+// elector notices a vanished client within about two intervals, whatever
+// the client sent after its request.
+const HeartbeatInterval = time.Second
+
 // MaxBodyBytes is the largest request body the elector accepts; larger ones
 // get 413 with code CodeTooLarge.
 const MaxBodyBytes = 4 << 10
@@ -25,11 +35,13 @@ const (
 
 // Event types: the "type" field of an Event on an NDJSON stream.
 const (
-	EventAcquired = "acquired" // first line of an acquire stream: the lock is held
-	EventReleased = "released" // last line of an acquire stream after a release request
-	EventLost     = "lost"     // last line of an acquire stream after a loss
-	EventHolder   = "holder"   // a watch stream's state line
-	EventError    = "error"    // last line of a watch stream that the elector ends
+	EventWaiting   = "waiting"   // first line of an acquire stream whose grant did not come at once
+	EventAcquired  = "acquired"  // line of an acquire stream that says the lock is held
+	EventHeartbeat = "heartbeat" // a line with nothing to say, every HeartbeatInterval on a quiet stream
+	EventReleased  = "released"  // last line of an acquire stream after a release request
+	EventLost      = "lost"      // last line of an acquire stream after a loss
+	EventHolder    = "holder"    // a watch stream's state line
+	EventError     = "error"     // last line of a watch stream the elector ends, or of an acquire stream that failed while waiting
 )
 
 // Loss reasons: the "reason" field of a lost Event.
@@ -76,7 +88,8 @@ type ErrorBody struct {
 // Event is one line of an NDJSON stream. Which fields are set depends on
 // Type: acquired carries Session, Token and ValidityMs; lost carries Code,
 // Reason and Error; holder carries Holder (possibly empty) and Token; error
-// carries Code and Error. Readers ignore unknown types and fields.
+// carries Code and Error (and Holder with CodeLocked); waiting and heartbeat
+// carry nothing. Readers ignore unknown types and fields.
 type Event struct {
 	Type       string `json:"type"`
 	Session    string `json:"session,omitempty"`

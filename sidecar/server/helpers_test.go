@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,8 +137,10 @@ type testStream struct {
 	t      *testing.T
 	cancel context.CancelFunc
 	head   chan head            // one value
-	events chan transport.Event // the lines; closed at the end of the stream
+	events chan transport.Event // the lines but heartbeats; closed at the end of the stream
 	done   chan struct{}
+	// heartbeats counts the heartbeat lines, which events leaves out.
+	heartbeats atomic.Int32
 }
 
 // open starts a streamed request. Closing it (cancel) closes the
@@ -184,6 +187,10 @@ func (e *env) open(method, path, body string) *testStream {
 			var ev transport.Event
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 				ev = transport.Event{Type: "unparsable: " + sc.Text()}
+			}
+			if ev.Type == transport.EventHeartbeat {
+				st.heartbeats.Add(1)
+				continue
 			}
 			st.events <- ev
 		}
@@ -237,6 +244,27 @@ func (st *testStream) next() transport.Event {
 	return transport.Event{}
 }
 
+// granted waits for the line that follows the answer of an acquire that
+// may have waited: the acquired line, after a waiting line if the grant did
+// not come at once.
+func (st *testStream) granted() transport.Event {
+	st.t.Helper()
+	ev := st.next()
+	if ev.Type == transport.EventWaiting {
+		ev = st.next()
+	}
+	return ev
+}
+
+// wantWaiting checks that the stream was answered 200 with a waiting line.
+func (st *testStream) wantWaiting() {
+	st.t.Helper()
+	st.wantHead(http.StatusOK)
+	if ev := st.next(); ev.Type != transport.EventWaiting {
+		st.t.Fatalf("first line %+v, want waiting", ev)
+	}
+}
+
 // wantEnd waits for the stream to end with no more lines.
 func (st *testStream) wantEnd() {
 	st.t.Helper()
@@ -247,17 +275,6 @@ func (st *testStream) wantEnd() {
 		}
 	case <-time.After(waitFor):
 		st.t.Fatalf("stream did not end within %v", waitFor)
-	}
-}
-
-// quiet checks that no head arrives for a while: the request is waiting.
-func (st *testStream) pending() bool {
-	select {
-	case h := <-st.head:
-		st.head <- h
-		return false
-	default:
-		return true
 	}
 }
 

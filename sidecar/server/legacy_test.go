@@ -84,7 +84,7 @@ func TestLegacyMetaparticleClient(t *testing.T) {
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-1","wait":true}`)
 	start := time.Now()
 	waiter.wantHead(200)
-	ev := waiter.next()
+	ev := waiter.granted()
 	t.Logf("legacy lease (TTL %v) expired and passed to the v1 waiter after %v", ttl, time.Since(start))
 	if ev.Type != transport.EventAcquired || ev.Token <= st.Token {
 		t.Fatalf("waiter got %+v, want acquired with a token above %d", ev, st.Token)

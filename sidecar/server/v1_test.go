@@ -83,16 +83,13 @@ func TestAcquireLockedAndWait(t *testing.T) {
 		t.Errorf("not-wait on a held lock: %+v, want code locked, holder web-1", eb)
 	}
 
+	// A waiter is answered 200 and a waiting line while the lock is held,
+	// and heartbeats while it waits.
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	waiter.wantWaiting()
 	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
-	if !waiter.pending() {
-		t.Fatal("waiter answered while the lock is held")
-	}
-	// Let the wait last past renewAfterWait, so that the grant is renewed
-	// and the validity includes the time waited.
-	time.Sleep(2 * renewAfterWait)
+	eventually(t, "a heartbeat while waiting", func() bool { return waiter.heartbeats.Load() > 0 })
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
-	waiter.wantHead(200)
 	ev := waiter.next()
 	if ev.Type != transport.EventAcquired || ev.Token <= first.Token {
 		t.Fatalf("waiter got %+v, want acquired with a token above %d", ev, first.Token)
@@ -141,9 +138,8 @@ func TestWaitedGrantIsNotRenewed(t *testing.T) {
 	_, first := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
 	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
-	time.Sleep(2 * renewAfterWait)
+	waiter.wantWaiting() // sent after waitingAfter: the wait is longer than renewAfterWait
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
-	waiter.wantHead(200)
 	ev := waiter.next()
 	if ev.Type != transport.EventAcquired {
 		t.Fatalf("waiter got %+v, want acquired", ev)
@@ -289,6 +285,7 @@ func TestShutdown(t *testing.T) {
 	e := newEnv(t, Config{})
 	holder, _ := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
+	waiter.wantWaiting()
 	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
 	watcher := e.open("GET", "/v1/locks/a/watch", "")
 	watcher.wantHead(200)
@@ -308,11 +305,12 @@ func TestShutdown(t *testing.T) {
 		t.Errorf("holder got %+v, want lost with reason shutdown", ev)
 	}
 	holder.wantEnd()
-	h := waiter.wantHead(http.StatusServiceUnavailable)
-	var eb transport.ErrorBody
-	if err := json.Unmarshal(h.body, &eb); err != nil || eb.Code != transport.CodeUnavailable {
-		t.Errorf("waiter got %s, want code unavailable", h.body)
+	// The waiter was answered 200 and a waiting line; the shutdown is an
+	// error line with the code a 503 would have.
+	if ev := waiter.next(); ev.Type != transport.EventError || ev.Code != transport.CodeUnavailable {
+		t.Errorf("waiter got %+v, want an error line with code unavailable", ev)
 	}
+	waiter.wantEnd()
 	for {
 		ev := watcher.next()
 		if ev.Type == transport.EventHolder {

@@ -125,11 +125,14 @@ func checkIdentity(id string) error {
 	return nil
 }
 
-// stream writes NDJSON lines, each flushed at once.
+// stream writes NDJSON lines, each flushed at once. After a write fails
+// (the client is gone or stalled), every later send fails with that error
+// without writing.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	started bool
+	err     error // the first write error
 }
 
 func newStream(w http.ResponseWriter) *stream {
@@ -139,6 +142,9 @@ func newStream(w http.ResponseWriter) *stream {
 // send writes v as one line, with the 200 header first if not sent yet. The
 // write must complete within timeout.
 func (st *stream) send(v any, timeout time.Duration) error {
+	if st.err != nil {
+		return st.err
+	}
 	if !st.started {
 		st.started = true
 		h := st.w.Header()
@@ -155,10 +161,23 @@ func (st *stream) send(v any, timeout time.Duration) error {
 	// not block either.
 	_ = st.rc.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := st.w.Write(append(b, '\n')); err != nil {
+		st.err = err
 		return err
 	}
-	return st.rc.Flush()
+	st.err = st.rc.Flush()
+	return st.err
 }
+
+// heartbeat writes a heartbeat line. Its real work is the write: net/http
+// stops watching a connection for the client's close once the client has
+// sent a byte past its request, so on a quiet stream a failing write is
+// the only sign that the client has gone.
+func (st *stream) heartbeat() error {
+	return st.send(transport.Event{Type: transport.EventHeartbeat}, streamWriteTimeout)
+}
+
+// failed reports whether a write to the stream has failed.
+func (st *stream) failed() bool { return st.err != nil }
 
 // end clears the write deadline, which would otherwise outlive this request
 // on a kept-alive connection.
