@@ -2,6 +2,9 @@
 # Builds a pinned kube-apiserver and etcd from the Go module proxy into
 #   ${MPSYNC_CACHE:-$HOME/.cache/mpsync}/bin/kube-apiserver-<version>
 #   ${MPSYNC_CACHE:-$HOME/.cache/mpsync}/bin/etcd-<version>
+# and with --node also the parts of a node, for the end-to-end suite
+# (hack/e2e): kubelet, kubectl, kube-controller-manager and kube-scheduler
+# of the same version, from the scratch module node/go.mod.
 # A binary that is already there is not rebuilt, so a warm run takes well
 # under a second. The pins live in the scratch modules apiserver/go.mod and
 # etcd/go.mod beside this script (go.sum pins the hashes).
@@ -9,8 +12,17 @@
 # Progress goes to stderr. stdout gets two shell-evaluable lines:
 #   KUBE_APISERVER_BIN=/path
 #   ETCD_BIN=/path
-# Usage: hack/controlplane/build.sh
+# and with --node four more: KUBELET_BIN, KUBECTL_BIN,
+# KUBE_CONTROLLER_MANAGER_BIN, KUBE_SCHEDULER_BIN.
+# Usage: hack/controlplane/build.sh [--node]
 set -euo pipefail
+
+node=false
+case ${1:-} in
+'') ;;
+--node) node=true ;;
+*) printf 'usage: %s [--node]\n' "$0" >&2; exit 2 ;;
+esac
 
 readonly KUBE_VERSION=v1.37.2
 readonly ETCD_VERSION=v3.6.16
@@ -38,6 +50,8 @@ pinned "$here/apiserver/go.mod" k8s.io/kubernetes "$KUBE_VERSION" ||
   die "apiserver/go.mod does not require k8s.io/kubernetes $KUBE_VERSION"
 pinned "$here/etcd/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ||
   die "etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+pinned "$here/node/go.mod" k8s.io/kubernetes "$KUBE_VERSION" ||
+  die "node/go.mod does not require k8s.io/kubernetes $KUBE_VERSION"
 
 mkdir -p "$bindir"
 
@@ -54,7 +68,7 @@ build() {
     log "cached: $out"
     return
   fi
-  log "building $pkg -> $out (cold: kube-apiserver takes minutes, etcd about one)"
+  log "building $pkg -> $out (cold: kube-apiserver and kubelet take minutes each)"
   start=$SECONDS
   tmp=$out.tmp.$$
   # Own module: no workspace, no stray GOFLAGS, go.mod/go.sum must already
@@ -71,10 +85,20 @@ build() {
 kv=k8s.io/component-base/version
 minor=${KUBE_VERSION#v1.}
 minor=${minor%%.*}
-build "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$apiserver_bin" \
-  "-X $kv.gitVersion=$KUBE_VERSION -X $kv.gitMajor=1 -X $kv.gitMinor=$minor -X $kv.gitTreeState=clean"
+kube_ldflags="-X $kv.gitVersion=$KUBE_VERSION -X $kv.gitMajor=1 -X $kv.gitMinor=$minor -X $kv.gitTreeState=clean"
+build "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$apiserver_bin" "$kube_ldflags"
 build "$here/etcd" go.etcd.io/etcd/server/v3 "$etcd_bin" \
   "-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
 
 printf 'KUBE_APISERVER_BIN=%q\n' "$apiserver_bin"
 printf 'ETCD_BIN=%q\n' "$etcd_bin"
+
+$node || exit 0
+# VAR=command pairs, each built from node/go.mod into the cache.
+for pair in KUBELET_BIN=kubelet KUBECTL_BIN=kubectl \
+  KUBE_CONTROLLER_MANAGER_BIN=kube-controller-manager KUBE_SCHEDULER_BIN=kube-scheduler; do
+  cmd=${pair#*=}
+  out=$bindir/$cmd-$KUBE_VERSION-$goos-$goarch
+  build "$here/node" "k8s.io/kubernetes/cmd/$cmd" "$out" "$kube_ldflags"
+  printf '%s=%q\n' "${pair%%=*}" "$out"
+done

@@ -3,8 +3,14 @@
 # background, with all state, logs and credentials in DIR. Builds them first
 # with build.sh if they are not cached yet.
 #
-# Usage: hack/controlplane/start.sh DIR
+# Usage: hack/controlplane/start.sh [--pods] DIR
 #   then: set -a; . DIR/env; set +a     and later: hack/controlplane/stop.sh DIR
+#
+# --pods starts the API server for a cluster with a node that runs Pods
+# (hack/e2e): ServiceAccount admission on, --authorization-mode=Node,RBAC,
+# NodeRestriction, kubelets reached by host name, and a credential for the
+# node "localhost" (node.kubeconfig, MPSYNC_NODE_KUBECONFIG in env). Without
+# it, ServiceAccount admission is off (the tests create no Pods).
 #
 # Writes into DIR:
 #   env                  KEY=value lines (sourceable, trivially parseable):
@@ -28,7 +34,12 @@ timeout=${MPSYNC_START_TIMEOUT:-120}
 log() { printf 'controlplane/start: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-[[ $# -eq 1 && -n $1 ]] || die "usage: $0 DIR"
+pods=false
+if [[ ${1:-} == --pods ]]; then
+  pods=true
+  shift
+fi
+[[ $# -eq 1 && -n $1 ]] || die "usage: $0 [--pods] DIR"
 for tool in curl openssl base64 awk; do
   command -v "$tool" >/dev/null || die "$tool is required (Debian: apt-get install -y $tool)"
 done
@@ -155,11 +166,21 @@ trap cleanup_etcd EXIT
 token() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 admin_token=$(token)
 elector_token=$(token)
+node_token=$(token)
 umask 077
 cat >"$dir/tokens.csv" <<EOF
 $admin_token,mpsync-admin,mpsync-admin,"system:masters"
 $elector_token,mpsync-elector,mpsync-elector
 EOF
+# The flags that differ between the two modes (see the usage above).
+if $pods; then
+  echo "$node_token,system:node:localhost,system:node:localhost,\"system:nodes\"" >>"$dir/tokens.csv"
+  mode_flags=(--authorization-mode=Node,RBAC
+    --enable-admission-plugins=NodeRestriction
+    --kubelet-preferred-address-types=Hostname)
+else
+  mode_flags=(--authorization-mode=RBAC --disable-admission-plugins=ServiceAccount)
+fi
 if [[ ! -f $dir/sa.key ]]; then
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null || die "openssl genrsa failed"
 fi
@@ -189,10 +210,9 @@ for attempt in 1 2 3; do
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$dir/sa.pub" \
     --service-account-signing-key-file="$dir/sa.key" \
-    --authorization-mode=RBAC \
     --token-auth-file="$dir/tokens.csv" \
     --service-cluster-ip-range=10.0.0.0/24 \
-    --disable-admission-plugins=ServiceAccount \
+    "${mode_flags[@]}" \
     --profiling=false)
   echo "$apiserver_pid" >"$dir/kube-apiserver.pid"
   rc=0
@@ -234,6 +254,9 @@ EOF
 }
 kubeconfig "$dir/admin.kubeconfig" mpsync-admin "$admin_token"
 kubeconfig "$dir/elector.kubeconfig" mpsync-elector "$elector_token"
+if $pods; then
+  kubeconfig "$dir/node.kubeconfig" system:node:localhost "$node_token"
+fi
 
 # Check that the CA and the elector's token work, as client-go will use them.
 curl -fsS --max-time 5 --cacert "$dir/ca.crt" -H "Authorization: Bearer $elector_token" \
@@ -250,5 +273,8 @@ MPSYNC_ADMIN_TOKEN=$admin_token
 MPSYNC_ELECTOR_TOKEN=$elector_token
 MPSYNC_KUBE_CA=$dir/ca.crt
 EOF
+if $pods; then
+  echo "MPSYNC_NODE_KUBECONFIG=$dir/node.kubeconfig" >>"$dir/env"
+fi
 trap - EXIT
 log "control plane up in $((SECONDS - start_all))s: $server (env: $dir/env)"
