@@ -38,6 +38,7 @@ func TestFaultsMemory(t *testing.T) {
 		locks:           []string{"lock-a", "lock-b"},
 		longLocks:       []string{"lock-long"},
 		elections:       []string{"leader"},
+		abandoner:       true,
 		lease:           lease,
 		allowance:       allowance,
 		faults:          []string{faultClientKill, faultClientStop, faultElectorStop},
@@ -130,6 +131,7 @@ func TestFaults(t *testing.T) {
 		locks:      []string{"lock-a", "lock-b"},
 		longLocks:  []string{"lock-long"},
 		elections:  []string{"leader"},
+		abandoner:  true,
 		lease:      lease,
 		allowance:  allowance,
 		faults: []string{

@@ -63,7 +63,11 @@ type roundConfig struct {
 	longLocks  []string      // likewise, holding each up to longHold: its terms span renewals
 	longHold   time.Duration // 0: four lease durations
 	elections  []string      // each client runs every one, for up to three lease durations each time
-	lease      time.Duration
+	// abandoner adds, per elector, a client that abandons its
+	// connections (the client's -abandon): raw-socket acquires of locks
+	// with bytes after the request, walked away from, never renewed.
+	abandoner bool
+	lease     time.Duration
 	// allowance is added to the lease duration to make history.Check's
 	// Bound: see bound.
 	allowance time.Duration
@@ -136,11 +140,12 @@ type electorProc struct {
 }
 
 type clientProc struct {
-	slot string // "e1-c0": elector and place
-	e    *electorProc
-	gen  int
-	name string // slot and generation: the client of its records
-	p    *proc
+	slot    string // "e1-c0": elector and place
+	abandon bool   // runs with -abandon
+	e       *electorProc
+	gen     int
+	name    string // slot and generation: the client of its records
+	p       *proc
 }
 
 // newRound sets up a round: its directory, control plane, namespace,
@@ -234,8 +239,14 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 		t.Logf("the elector has no --test-clock-offset/--test-clock-rate flags: the %s fault is left out", faultClockSkew)
 	}
 	for _, e := range r.electors {
+		slots := make([]*clientProc, 0, cfg.clientsPer+1)
 		for j := range cfg.clientsPer {
-			c := &clientProc{slot: fmt.Sprintf("%s-c%d", e.id, j), e: e}
+			slots = append(slots, &clientProc{slot: fmt.Sprintf("%s-c%d", e.id, j), e: e})
+		}
+		if cfg.abandoner {
+			slots = append(slots, &clientProc{slot: e.id + "-abandon", e: e, abandon: true})
+		}
+		for _, c := range slots {
 			r.clients = append(r.clients, c)
 			if err := r.startClient(c); err != nil {
 				t.Fatal(err)
@@ -343,10 +354,13 @@ func (r *round) startClient(c *clientProc) error {
 		"-elector", c.e.addr,
 		"-name", c.name,
 		"-history", filepath.Join(r.hist, c.name+".jsonl"),
-		"-locks", strings.Join(r.lockSpecs(), ","),
-		"-elections", strings.Join(r.cfg.elections, ","),
 		"-run-max", (3 * r.cfg.lease).String(),
 		"-seed", fmt.Sprint(r.rng.Uint64()),
+	}
+	if c.abandon {
+		args = append(args, "-abandon", "-locks", strings.Join(r.cfg.locks, ","))
+	} else {
+		args = append(args, "-locks", strings.Join(r.lockSpecs(), ","), "-elections", strings.Join(r.cfg.elections, ","))
 	}
 	if r.cfg.staleExtra > 0 {
 		args = append(args, "-stale-extra", r.cfg.staleExtra.String())

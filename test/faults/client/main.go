@@ -7,7 +7,7 @@
 // Usage:
 //
 //	client -elector ADDR -name NAME -history FILE [-locks a,b:4s] [-elections e]
-//	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-seed N]
+//	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-seed N] [-abandon]
 //
 // For each lock of -locks it loops: Lock, hold for a random time up to
 // -hold-max (or the duration after the lock's name and a colon) while
@@ -20,6 +20,9 @@
 // at that moment, and, for a term ended by Unlock, the moment Unlock was
 // called. A term whose context is already over when it is first looked at
 // is not recorded: its holder never acted on it.
+//
+// -abandon makes the client one that abandons its connections, on raw
+// sockets instead of the SDK (see abandon.go); it takes only -locks.
 //
 // -stale-extra D is a test-only knob that breaks the guarantee on purpose:
 // a term that ended because the lock was lost or expired (not by Unlock or
@@ -68,6 +71,7 @@ type client struct {
 	holdMax    time.Duration
 	runMax     time.Duration
 	staleExtra time.Duration
+	abandon    bool
 	mono       history.Mono
 	w          *history.Writer
 
@@ -89,6 +93,7 @@ func run() int {
 	fs.DurationVar(&c.holdMax, "hold-max", 60*time.Millisecond, "longest `time` a lock is held before Unlock")
 	fs.DurationVar(&c.runMax, "run-max", 3*time.Second, "longest `time` an Election runs before it is stopped")
 	fs.DurationVar(&c.staleExtra, "stale-extra", 0, "test-only: record lost or expired terms as ending this `much` later")
+	fs.BoolVar(&c.abandon, "abandon", false, abandonUsage)
 	seed := fs.Uint64("seed", 0, "random `seed` (0: from the clock)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -99,6 +104,9 @@ func run() int {
 		return 2
 	case *locks == "" && *elections == "":
 		fmt.Fprintln(os.Stderr, "client: give -locks or -elections")
+		return 2
+	case c.abandon && (*locks == "" || *elections != ""):
+		fmt.Fprintln(os.Stderr, "client: -abandon takes -locks and no -elections")
 		return 2
 	case c.holdMax <= 0 || c.runMax <= 0 || c.staleExtra < 0:
 		fmt.Fprintln(os.Stderr, "client: -hold-max and -run-max must be positive, -stale-extra not negative")
@@ -127,6 +135,10 @@ func run() int {
 	for _, l := range specs {
 		i++
 		rng := rand.New(rand.NewPCG(*seed, i))
+		if c.abandon {
+			wg.Go(func() { c.abandonLoop(ctx, l.name, l.hold, rng) })
+			continue
+		}
 		wg.Go(func() { c.lockLoop(ctx, l.name, l.hold, rng) })
 	}
 	for name := range strings.SplitSeq(*elections, ",") {
