@@ -57,6 +57,11 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
 		return
 	}
+	done, ok := s.admitStream(w, r, limitAcquireStreams)
+	if !ok {
+		return
+	}
+	defer done()
 	if !s.enter() {
 		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
 		return
@@ -194,7 +199,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 
 // releaseFor releases g on someone's behalf, with a fresh bounded context.
 func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	ctx, cancel := s.cleanupContext()
 	defer cancel()
 	if err := g.Release(ctx); err != nil {
 		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
@@ -289,6 +294,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	if _, ok := readBody(w, r); !ok {
 		return
 	}
+	done, ok := s.admitStream(w, r, limitWatchStreams)
+	if !ok {
+		return
+	}
+	defer done()
 	if !s.enter() {
 		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
 		return
