@@ -59,7 +59,7 @@ type config struct {
 	clockRate     float64       // fault tests only
 	maxConns      int           // 0: derived from the descriptor limit
 	maxStreams    int           // 0: derived from --max-connections or the descriptor limit
-	shutdownLimit time.Duration // 0: shutdownBudget at capacity
+	shutdownLimit time.Duration // 0: shutdownBudget of the locks held at SIGTERM
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -278,9 +278,6 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
 		return config{}, usagef("--listen %q: %v", cfg.listen, err)
 	}
-	if cfg.shutdownLimit == 0 {
-		cfg.shutdownLimit = shutdownBudget(cfg, capacity(cfg))
-	}
 	return cfg, nil
 }
 
@@ -291,8 +288,8 @@ const (
 	// waiting, and closing connections.
 	shutdownBase = 1500 * time.Millisecond
 	// releaseAllowance covers, on the kubernetes backend, the latency of
-	// the last releases and a margin for a rate-limit bucket that renewals
-	// had partly spent (2s at 50 requests/s is 100 more releases).
+	// the last releases, and the API server's own pace when the burst sends
+	// hundreds at once.
 	releaseAllowance = 2 * time.Second
 )
 
@@ -307,14 +304,16 @@ func capacity(cfg config) int {
 
 // shutdownBudget is the time SIGTERM needs with held locks: shutdownBase,
 // and on the kubernetes backend, where every release is a request under
-// client-go's rate limiter, releaseAllowance plus the releases past
-// --kube-burst paced at --kube-qps. At the default limit (50/s, burst 100)
-// and capacity (180 locks) that is 1.5s + 2s + 80/50 s = 5.1s.
+// client-go's rate limiter, releaseAllowance plus every release paced at
+// --kube-qps. Not only those past --kube-burst: the burst may be spent when
+// SIGTERM comes (right after the acquisitions that filled the elector, it
+// is). At the default limit (50/s) and capacity (180 locks) that is
+// 1.5s + 2s + 180/50 s = 7.1s.
 func shutdownBudget(cfg config, held int) time.Duration {
 	if cfg.backend != "kubernetes" || held == 0 {
 		return shutdownBase
 	}
-	paced := time.Duration(float64(max(held-cfg.kubeBurst, 0)) / cfg.kubeQPS * float64(time.Second))
+	paced := time.Duration(float64(held) / cfg.kubeQPS * float64(time.Second))
 	return shutdownBase + releaseAllowance + paced
 }
 
@@ -506,6 +505,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		zap.Int("maxConnections", limits.MaxConnections),
 		zap.Int("maxStreams", limits.MaxStreams),
 		zap.Duration("shutdownTimeout", cfg.shutdownLimit),
+		zap.Duration("shutdownBudgetAtCapacity", shutdownBudget(cfg, capacity(cfg))),
 		zap.Int("pid", os.Getpid()))
 
 	status := 0
@@ -519,7 +519,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	stopSignals() // a second signal kills at once
 
 	held := srv.Held()
-	budget := min(cfg.shutdownLimit, shutdownBudget(cfg, held))
+	budget := cfg.shutdownLimit
+	if budget == 0 {
+		budget = shutdownBudget(cfg, held)
+	}
 	log.Info("releasing every lock", zap.Int("held", held), zap.Duration("budget", budget))
 	sctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()

@@ -243,9 +243,9 @@ func TestShutdownBudget(t *testing.T) {
 	}{
 		{"memory", nil, 10000, 1500 * time.Millisecond},
 		{"kubernetes, nothing held", []string{"--backend=kubernetes"}, 0, 1500 * time.Millisecond},
-		{"kubernetes, within the burst", []string{"--backend=kubernetes"}, 100, 3500 * time.Millisecond},
-		{"kubernetes at capacity", []string{"--backend=kubernetes"}, 180, 5100 * time.Millisecond},
-		{"1000 at 400/s", []string{"--backend=kubernetes", "--kube-qps=400", "--kube-burst=800"}, 1000, 4000 * time.Millisecond},
+		{"kubernetes, 100 locks", []string{"--backend=kubernetes"}, 100, 5500 * time.Millisecond},
+		{"kubernetes at capacity", []string{"--backend=kubernetes"}, 180, 7100 * time.Millisecond},
+		{"1000 at 400/s", []string{"--backend=kubernetes", "--kube-qps=400", "--kube-burst=800"}, 1000, 6000 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -254,11 +254,11 @@ func TestShutdownBudget(t *testing.T) {
 			assert.Equal(t, tt.want, shutdownBudget(cfg, tt.held))
 		})
 	}
-	// The default --shutdown-timeout is the budget at capacity.
+	// Without --shutdown-timeout the budget is that of the locks held.
 	cfg, err := parseFlags([]string{"--backend=kubernetes"}, envOf(nil), io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, 180, capacity(cfg))
-	assert.Equal(t, 5100*time.Millisecond, cfg.shutdownLimit)
+	assert.Zero(t, cfg.shutdownLimit)
 	cfg, err = parseFlags([]string{"--shutdown-timeout=30s"}, envOf(nil), io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, 30*time.Second, cfg.shutdownLimit)
