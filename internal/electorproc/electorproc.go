@@ -37,8 +37,20 @@ type Process struct {
 // time, Start kills it and returns an error that includes its log. The
 // caller must end a Process it got with Kill or Stop.
 func Start(bin string, timeout time.Duration, args ...string) (*Process, error) {
+	return start(exec.Command(bin, append(defaultArgs(), args...)...), timeout)
+}
+
+// StartNofile is Start with the process's descriptor limit (RLIMIT_NOFILE,
+// soft and hard) set to nofile, as `ulimit -n` in a shell would.
+func StartNofile(bin string, nofile uint64, timeout time.Duration, args ...string) (*Process, error) {
+	script := fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile)
+	return start(exec.Command("sh", append([]string{"-c", script, bin}, append(defaultArgs(), args...)...)...), timeout)
+}
+
+func defaultArgs() []string { return []string{"--listen", "127.0.0.1:0", "--log-level", "debug"} }
+
+func start(cmd *exec.Cmd, timeout time.Duration) (*Process, error) {
 	logs := &logSink{serving: make(chan string, 1)}
-	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)...)
 	cmd.Stdout = io.Discard
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
@@ -92,6 +104,9 @@ func (p *Process) Stop(grace time.Duration) bool {
 		return false
 	}
 }
+
+// Pid is the process id; /proc/PID describes the elector.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Exited is closed when the process has ended.
 func (p *Process) Exited() <-chan struct{} { return p.exited }

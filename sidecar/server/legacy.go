@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -147,7 +146,7 @@ func (s *Server) holdLegacy(ll *legacyLock, g backend.Grant, log *zap.Logger) {
 		log.Warn("lock lost", zap.String("reason", reason), zap.Error(err))
 	case <-s.stopCtx.Done():
 		s.m.releases.WithLabelValues("shutdown").Inc()
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		ctx, cancel := s.cleanupContext()
 		defer cancel()
 		if err := g.Release(ctx); err != nil {
 			log.Warn("release failed; the lease will expire", zap.Error(err))

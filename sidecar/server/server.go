@@ -47,8 +47,9 @@ const (
 	streamWriteTimeout = 10 * time.Second
 	// finalWriteTimeout bounds the last line written while shutting down.
 	finalWriteTimeout = 500 * time.Millisecond
-	// cleanupTimeout bounds a release done on someone's behalf (client gone,
-	// shutdown) with a fresh context.
+	// cleanupTimeout bounds a release done on someone's behalf (client
+	// gone) with a fresh context; at shutdown, Shutdown's context bounds
+	// it instead (cleanupContext).
 	cleanupTimeout = time.Second
 	// renewAfterWait: a grant that took longer than this to arrive is
 	// renewed at once, so that the validity sent to the client is counted
@@ -85,6 +86,10 @@ type Config struct {
 	ReadHeaderTimeout time.Duration
 	ReadTimeout       time.Duration
 	IdleTimeout       time.Duration
+	// Limits caps connections and streams; the zero value means
+	// LimitsFor the process's DescriptorLimit. Serve through Listener for
+	// the connection limit.
+	Limits Limits
 }
 
 // Server is the elector's HTTP handler. Create it with New; it is safe for
@@ -96,9 +101,14 @@ type Server struct {
 	log     *zap.Logger
 	m       *metrics
 	metrics http.Handler
+	lm      *limitMetrics
+	slots   streamSlots
 
 	stopCtx context.Context // cancelled when Shutdown starts
-	stop    context.CancelFunc
+	// shutdownCtx is Shutdown's context, set (under mu) before stopCtx
+	// ends: releases at shutdown are bounded by it (cleanupContext).
+	shutdownCtx context.Context
+	stop        context.CancelFunc
 
 	mu       sync.Mutex
 	stopping bool
@@ -160,6 +170,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IdleTimeout == 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
+	if cfg.Limits == (Limits{}) {
+		nofile, err := DescriptorLimit()
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Limits, err = LimitsFor(nofile); err != nil {
+			return nil, err
+		}
+	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
 		b:        cfg.Backend,
@@ -184,13 +206,17 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.m = m
+	if s.lm, err = newLimitMetrics(reg, cfg.Limits); err != nil {
+		return nil, err
+	}
+	s.slots = newStreamSlots(cfg.Limits)
 	s.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)})
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
 
-// HTTPServer returns an http.Server that serves s with the elector's
-// timeouts: ReadHeaderTimeout and ReadTimeout against slow or stalled
+// HTTPServer returns an http.Server that serves s (through Listener, for
+// the connection limit) with the elector's timeouts: ReadHeaderTimeout and ReadTimeout against slow or stalled
 // clients, IdleTimeout for keep-alive connections, and no WriteTimeout,
 // because acquire and watch streams last as long as the lock or the watch.
 func (s *Server) HTTPServer() *http.Server {
@@ -200,6 +226,7 @@ func (s *Server) HTTPServer() *http.Server {
 		ReadTimeout:       s.cfg.ReadTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
+		ConnContext:       markReserve,
 		ErrorLog:          zap.NewStdLog(s.log.Named("http")),
 	}
 }
@@ -228,6 +255,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	first := !s.stopping
 	s.stopping = true
+	if first {
+		s.shutdownCtx = ctx
+	}
 	s.mu.Unlock()
 	if !first {
 		select {
@@ -268,6 +298,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // ServeHTTP routes a request. Unknown paths get 404 and wrong methods 405
 // with an Allow header, both with a JSON error body.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	closeReserve(w, r)
 	allow, name, ok := s.route(r.URL)
 	if !ok {
 		writeError(w, http.StatusNotFound, transport.CodeNotFound, fmt.Sprintf("no such endpoint: %s", r.URL.Path))

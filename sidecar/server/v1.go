@@ -72,6 +72,11 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
 		return
 	}
+	done, ok := s.admitStream(w, r, limitAcquireStreams)
+	if !ok {
+		return
+	}
+	defer done()
 	if !s.enter() {
 		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
 		return
@@ -295,7 +300,7 @@ func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logg
 
 // releaseFor releases g on someone's behalf, with a fresh bounded context.
 func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	ctx, cancel := s.cleanupContext()
 	defer cancel()
 	if err := g.Release(ctx); err != nil {
 		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
@@ -390,6 +395,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	if _, ok := readBody(w, r); !ok {
 		return
 	}
+	done, ok := s.admitStream(w, r, limitWatchStreams)
+	if !ok {
+		return
+	}
+	defer done()
 	if !s.enter() {
 		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
 		return

@@ -38,10 +38,6 @@ import (
 	"github.com/mpsync/mpsync/sidecar/server"
 )
 
-// shutdownTimeout bounds the whole shutdown: streams told, locks released,
-// backend closed, connections closed.
-const shutdownTimeout = 1500 * time.Millisecond
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
@@ -61,6 +57,9 @@ type config struct {
 	debug         bool
 	clockOffset   time.Duration // fault tests only
 	clockRate     float64       // fault tests only
+	maxConns      int           // 0: derived from the descriptor limit
+	maxStreams    int           // 0: derived from --max-connections or the descriptor limit
+	shutdownLimit time.Duration // 0: shutdownBudget of the locks held at SIGTERM
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -146,6 +145,44 @@ func (v burstValue) Set(s string) error {
 	return nil
 }
 
+// countValue is a flag.Value that accepts a whole number, at least 1.
+type countValue struct{ n *int }
+
+func (v countValue) String() string {
+	if v.n == nil || *v.n == 0 {
+		return ""
+	}
+	return strconv.Itoa(*v.n)
+}
+
+func (v countValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return errors.New("want a whole number, at least 1")
+	}
+	*v.n = n
+	return nil
+}
+
+// positiveDuration is a flag.Value that accepts a duration above zero.
+type positiveDuration struct{ d *time.Duration }
+
+func (v positiveDuration) String() string {
+	if v.d == nil || *v.d == 0 {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v positiveDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return errors.New("want a duration above 0, such as 10s")
+	}
+	*v.d = d
+	return nil
+}
+
 // envPrefix prefixes the environment variable of every flag: --lease-duration
 // is MPSYNC_LEASE_DURATION.
 const envPrefix = "MPSYNC_"
@@ -190,6 +227,14 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.BoolVar(&cfg.debug, "debug-endpoints", false, "serve POST /debug/revoke/{name}, which takes a lock from its holder as a real loss would (for conformance tests; never in production)")
 	fs.DurationVar(&cfg.clockOffset, "test-clock-offset", 0, "fault tests only: run the kubernetes backend on a clock this `duration` ahead of the machine's")
 	fs.Float64Var(&cfg.clockRate, "test-clock-rate", 1, "fault tests only: run the kubernetes backend on a clock this many times as fast as the machine's (`rate` 0.5 to 2)")
+	fs.Var(countValue{&cfg.maxConns}, "max-connections", "the most client `connections` served at once; a few more (a sixteenth, 8 to 256) are kept for one short request each "+
+		"(probes, metrics, renew, release, legacy), and past those a connection gets 503. By default every file descriptor the process may open (ulimit -n) "+
+		"but 64 for itself and the refusals, less that reserve, at most 32768: 885 at 1,024 descriptors")
+	fs.Var(countValue{&cfg.maxStreams}, "max-streams", "the most acquire and watch `streams` open at once, half of them for acquires (held or waiting) and half for watches; "+
+		"one more gets 503. Below --max-connections; by default three quarters of it")
+	fs.Var(positiveDuration{&cfg.shutdownLimit}, "shutdown-timeout", "the most `time` SIGTERM may take to end every stream and release every lock. The elector allows what the locks it holds need "+
+		"(1.5s, and on the kubernetes backend 2s more plus the releases past --kube-burst at --kube-qps), up to this; "+
+		"by default what it needs at its capacity (5.1s at the default rate limit and lease). Set terminationGracePeriodSeconds above it")
 	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 
@@ -236,6 +281,71 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	return cfg, nil
 }
 
+// Shutdown budget: what SIGTERM allows for telling every stream, releasing
+// every lock and closing the backend.
+const (
+	// shutdownBase covers the streams' last lines, releases that need no
+	// waiting, and closing connections.
+	shutdownBase = 1500 * time.Millisecond
+	// releaseAllowance covers, on the kubernetes backend, the latency of
+	// the last releases, and the API server's own pace when the burst sends
+	// hundreds at once.
+	releaseAllowance = 2 * time.Second
+)
+
+// capacity is the most locks the elector holds: kube.MaxLocksFor on the
+// kubernetes backend; 0 on the memory backend, whose releases cost nothing.
+func capacity(cfg config) int {
+	if cfg.backend != "kubernetes" {
+		return 0
+	}
+	return kube.MaxLocksFor(cfg.kubeQPS, cfg.leaseDuration)
+}
+
+// shutdownBudget is the time SIGTERM needs with held locks: shutdownBase,
+// and on the kubernetes backend, where every release is a request under
+// client-go's rate limiter, releaseAllowance plus every release paced at
+// --kube-qps. Not only those past --kube-burst: the burst may be spent when
+// SIGTERM comes (right after the acquisitions that filled the elector, it
+// is). At the default limit (50/s) and capacity (180 locks) that is
+// 1.5s + 2s + 180/50 s = 7.1s.
+func shutdownBudget(cfg config, held int) time.Duration {
+	if cfg.backend != "kubernetes" || held == 0 {
+		return shutdownBase
+	}
+	paced := time.Duration(float64(held) / cfg.kubeQPS * float64(time.Second))
+	return shutdownBase + releaseAllowance + paced
+}
+
+// resolveLimits returns the connection and stream limits of cfg for a
+// process that may open nofile descriptors: the flags where given, else
+// server.LimitsFor(nofile). Limits that do not fit are a usage error.
+func resolveLimits(cfg config, nofile uint64) (server.Limits, error) {
+	l, err := server.LimitsFor(nofile)
+	if err != nil && cfg.maxConns == 0 {
+		return server.Limits{}, usagef("%v", err)
+	}
+	if cfg.maxConns > 0 {
+		l.MaxConnections = cfg.maxConns
+		l.MaxStreams = cfg.maxConns * 3 / 4
+	}
+	if cfg.maxStreams > 0 {
+		l.MaxStreams = cfg.maxStreams
+	}
+	switch {
+	case l.MaxStreams < 2:
+		return server.Limits{}, usagef("--max-streams %d: want at least 2 (one acquire stream and one watch stream)", l.MaxStreams)
+	case l.MaxStreams >= l.MaxConnections:
+		return server.Limits{}, usagef("--max-streams %d must be below --max-connections %d, to leave connections for renewals and releases",
+			l.MaxStreams, l.MaxConnections)
+	case uint64(l.Descriptors()) > nofile:
+		return server.Limits{}, usagef("--max-connections %d needs %d file descriptors, and this process may open %d (RLIMIT_NOFILE): "+
+			"raise the limit (ulimit -n, or the container runtime's nofile limit) or lower --max-connections",
+			l.MaxConnections, l.Descriptors(), nofile)
+	}
+	return l, nil
+}
+
 func usage(out io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintf(out, `Usage: elector [flags]
 
@@ -253,7 +363,8 @@ Flags:
 	fs.SetOutput(io.Discard)
 	fmt.Fprintf(out, `
 Endpoints: /v1/... and /locks/{name} (PROTOCOL.md), /healthz, /readyz, /metrics.
-SIGTERM or SIGINT: every open stream is told, every lock released, exit 0.
+SIGTERM or SIGINT: every open stream is told, every lock released (within
+--shutdown-timeout), exit 0.
 `)
 }
 
@@ -336,6 +447,16 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "elector: %v\n", err)
 		return 2
 	}
+	nofile, err := server.DescriptorLimit()
+	if err != nil {
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 1
+	}
+	limits, err := resolveLimits(cfg, nofile)
+	if err != nil {
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 2
+	}
 	log := newLogger(cfg, stderr)
 	defer func() { _ = log.Sync() }()
 
@@ -353,6 +474,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		Identity: cfg.identity,
 		Logger:   log,
 		Debug:    cfg.debug,
+		Limits:   limits,
 	})
 	if err != nil {
 		_ = b.Close(context.Background())
@@ -371,7 +493,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	hs := srv.HTTPServer()
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(srv.Listener(ln)) }()
 	log.Info("serving",
 		zap.String("addr", ln.Addr().String()),
 		zap.String("backend", cfg.backend),
@@ -379,6 +501,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		zap.String("namespace", cfg.namespace),
 		zap.Duration("leaseDuration", cfg.leaseDuration),
 		zap.Bool("debugEndpoints", cfg.debug),
+		zap.Uint64("descriptorLimit", nofile),
+		zap.Int("maxConnections", limits.MaxConnections),
+		zap.Int("maxStreams", limits.MaxStreams),
+		zap.Duration("shutdownTimeout", cfg.shutdownLimit),
+		zap.Duration("shutdownBudgetAtCapacity", shutdownBudget(cfg, capacity(cfg))),
 		zap.Int("pid", os.Getpid()))
 
 	status := 0
@@ -391,7 +518,13 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	stopSignals() // a second signal kills at once
 
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	held := srv.Held()
+	budget := cfg.shutdownLimit
+	if budget == 0 {
+		budget = shutdownBudget(cfg, held)
+	}
+	log.Info("releasing every lock", zap.Int("held", held), zap.Duration("budget", budget))
+	sctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	// Stop accepting connections and wait for open ones to finish, while
 	// the Server ends its streams and releases every lock.

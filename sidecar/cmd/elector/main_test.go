@@ -18,12 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
 	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/sidecar/server"
 )
 
 // With $runAsElector set, the test binary is the elector: tests start it as
@@ -154,6 +157,18 @@ func TestRunExitStatus(t *testing.T) {
 		{"env kube-burst zero", nil, map[string]string{"MPSYNC_KUBE_BURST": "0"}, 2, `invalid value "0" for MPSYNC_KUBE_BURST`},
 		{"env kube-burst negative", nil, map[string]string{"MPSYNC_KUBE_BURST": "-3"}, 2, `invalid value "-3" for MPSYNC_KUBE_BURST`},
 		{"env kube-burst not a number", nil, map[string]string{"MPSYNC_KUBE_BURST": "x"}, 2, `invalid value "x" for MPSYNC_KUBE_BURST`},
+		{"max-connections zero", []string{"--max-connections=0"}, nil, 2, `invalid value "0" for flag -max-connections`},
+		{"max-connections not a number", []string{"--max-connections=lots"}, nil, 2, `invalid value "lots" for flag -max-connections`},
+		{"max-streams negative", []string{"--max-streams=-1"}, nil, 2, `invalid value "-1" for flag -max-streams`},
+		{"max-streams fraction", []string{"--max-streams=2.5"}, nil, 2, `invalid value "2.5" for flag -max-streams`},
+		{"max-streams not below max-connections", []string{"--max-connections=10", "--max-streams=10"}, nil, 2, "must be below --max-connections 10"},
+		{"max-streams one", []string{"--max-streams=1"}, nil, 2, "want at least 2"},
+		{"max-connections past the descriptor limit", []string{"--max-connections=100000000"}, nil, 2, "ulimit -n"},
+		{"env max-streams garbage", nil, map[string]string{"MPSYNC_MAX_STREAMS": "x"}, 2, `invalid value "x" for MPSYNC_MAX_STREAMS`},
+		{"shutdown-timeout zero", []string{"--shutdown-timeout=0s"}, nil, 2, `invalid value "0s" for flag -shutdown-timeout`},
+		{"shutdown-timeout negative", []string{"--shutdown-timeout=-1s"}, nil, 2, `invalid value "-1s" for flag -shutdown-timeout`},
+		{"shutdown-timeout not a duration", []string{"--shutdown-timeout=soon"}, nil, 2, `invalid value "soon" for flag -shutdown-timeout`},
+		{"env shutdown-timeout garbage", nil, map[string]string{"MPSYNC_SHUTDOWN_TIMEOUT": "5"}, 2, `invalid value "5" for MPSYNC_SHUTDOWN_TIMEOUT`},
 		{"address in use", []string{"--listen", busy.Addr().String()}, nil, 1, "address already in use"},
 	}
 	for _, tt := range tests {
@@ -175,7 +190,8 @@ func TestRunExitStatus(t *testing.T) {
 			if tt.name == "help" {
 				for _, f := range []string{"--lease-duration is MPSYNC_LEASE_DURATION", "-backend", "-listen", "-identity", "-namespace",
 					"-kubeconfig", "-lease-duration", "-log-format", "-log-level", "-debug-endpoints", "[$MPSYNC_LISTEN]",
-					"-kube-qps", "-kube-burst", "[$MPSYNC_KUBE_QPS]", "[$MPSYNC_KUBE_BURST]"} {
+					"-kube-qps", "-kube-burst", "[$MPSYNC_KUBE_QPS]", "[$MPSYNC_KUBE_BURST]",
+					"-max-connections", "-max-streams", "-shutdown-timeout", "[$MPSYNC_MAX_STREAMS]"} {
 					if !strings.Contains(stdout.String(), f) {
 						t.Errorf("--help does not mention %q", f)
 					}
@@ -183,6 +199,69 @@ func TestRunExitStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestResolveLimits(t *testing.T) {
+	tests := []struct {
+		name   string
+		args   []string
+		nofile uint64
+		want   server.Limits // zero: a usage error
+	}{
+		{"derived", nil, 1024, server.Limits{MaxConnections: 885, MaxStreams: 663}},
+		{"derived at 256", nil, 256, server.Limits{MaxConnections: 165, MaxStreams: 123}},
+		{"connections given", []string{"--max-connections=100"}, 1024, server.Limits{MaxConnections: 100, MaxStreams: 75}},
+		{"both given", []string{"--max-connections=100", "--max-streams=10"}, 1024, server.Limits{MaxConnections: 100, MaxStreams: 10}},
+		{"streams given", []string{"--max-streams=500"}, 1024, server.Limits{MaxConnections: 885, MaxStreams: 500}},
+		{"streams past the derived connections", []string{"--max-streams=900"}, 1024, server.Limits{}},
+		{"connections past the limit", []string{"--max-connections=1000"}, 1024, server.Limits{}},
+		{"limit too low to derive", nil, 64, server.Limits{}},
+		{"limit too low but connections given", []string{"--max-connections=10", "--max-streams=4"}, 128, server.Limits{MaxConnections: 10, MaxStreams: 4}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(tt.args, envOf(nil), io.Discard)
+			require.NoError(t, err)
+			l, err := resolveLimits(cfg, tt.nofile)
+			if tt.want == (server.Limits{}) {
+				var ue *usageError
+				require.ErrorAs(t, err, &ue)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, l)
+		})
+	}
+}
+
+func TestShutdownBudget(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		held int
+		want time.Duration
+	}{
+		{"memory", nil, 10000, 1500 * time.Millisecond},
+		{"kubernetes, nothing held", []string{"--backend=kubernetes"}, 0, 1500 * time.Millisecond},
+		{"kubernetes, 100 locks", []string{"--backend=kubernetes"}, 100, 5500 * time.Millisecond},
+		{"kubernetes at capacity", []string{"--backend=kubernetes"}, 180, 7100 * time.Millisecond},
+		{"1000 at 400/s", []string{"--backend=kubernetes", "--kube-qps=400", "--kube-burst=800"}, 1000, 6000 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(tt.args, envOf(nil), io.Discard)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, shutdownBudget(cfg, tt.held))
+		})
+	}
+	// Without --shutdown-timeout the budget is that of the locks held.
+	cfg, err := parseFlags([]string{"--backend=kubernetes"}, envOf(nil), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 180, capacity(cfg))
+	assert.Zero(t, cfg.shutdownLimit)
+	cfg, err = parseFlags([]string{"--shutdown-timeout=30s"}, envOf(nil), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 30*time.Second, cfg.shutdownLimit)
 }
 
 // TestRESTConfigRateLimit checks that the kubernetes backend's client gets
