@@ -77,6 +77,14 @@ type Request struct {
 	Identity string        // who will hold it; must not be empty
 	Wait     bool          // wait for the lock instead of failing with ErrLocked
 	Lease    time.Duration // lease duration; 0 means the backend's default
+	// Legacy marks an acquisition made for Metaparticle Sync's clients,
+	// held in the elector's own identity. A backend that keeps locks
+	// across elector processes marks such a lease in a part of it that
+	// only the backend writes, and lets a later Legacy request of the
+	// same Identity from a restarted elector of the same name resume it
+	// (keeping its token) instead of waiting out its lease. Requests
+	// without it never resume anything, whatever their Identity.
+	Legacy bool
 }
 
 // Holder is the state of a lock as watchers see it. Identity is empty when

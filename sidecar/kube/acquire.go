@@ -107,7 +107,7 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 		}
 		if write {
 			b.held++ // given back below unless the write makes a grant
-			a.session = b.newSessionLocked()
+			a.session = b.newSessionLocked(req.Legacy)
 			a.holder = b.holderIdentity(req.Identity, a.session)
 			st.pending = a.holder
 		}
@@ -208,13 +208,19 @@ type attempt struct {
 	called time.Time
 	// session and holder identity of the write in flight
 	session, holder string
+	// resume: the write in flight takes over a legacy lease of an earlier
+	// process of this elector (Backend.resumable), keeping its token
+	resume bool
 }
 
 // decideLocked says whether to write now (base is the version to update, nil
 // to create the Lease), or else how long until the observed lease expires
-// (0 if only a change can help) and who holds it.
+// (0 if only a change can help) and who holds it. A legacy request writes
+// at once over a live lease that Backend.resumable allows it to resume,
+// and sets a.resume.
 func (a *attempt) decideLocked() (base *coordinationv1.Lease, write bool, wait time.Duration, holder string) {
 	st := a.st
+	a.resume = false
 	switch {
 	case st.grant != nil:
 		return nil, false, 0, strconv.Quote(clientIdentity(st.grant.holder))
@@ -237,6 +243,10 @@ func (a *attempt) decideLocked() (base *coordinationv1.Lease, write bool, wait t
 	if left <= 0 {
 		return st.obj, true, 0, ""
 	}
+	if a.req.Legacy && a.b.resumable(h, a.req.Identity) && transitions(st.obj) == st.token {
+		a.resume = true
+		return st.obj, true, 0, ""
+	}
 	return nil, false, left, strconv.Quote(clientIdentity(h))
 }
 
@@ -252,10 +262,17 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 	b, st := a.b, a.st
 	b.mu.Lock()
 	token := max(st.token, transitions(base)) + 1
+	if a.resume {
+		token = transitions(base)
+	}
 	b.mu.Unlock()
 
 	sent := b.clock.Now()
 	now := metav1.NewMicroTime(sent)
+	acquired := &now
+	if a.resume && base.Spec.AcquireTime != nil {
+		acquired = base.Spec.AcquireTime.DeepCopy()
+	}
 	secs := leaseSeconds(a.d)
 	trans := int32(token)
 	var obj *coordinationv1.Lease
@@ -270,7 +287,7 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 	}
 	obj.Spec.HolderIdentity = &a.holder
 	obj.Spec.LeaseDurationSeconds = &secs
-	obj.Spec.AcquireTime = &now
+	obj.Spec.AcquireTime = acquired
 	obj.Spec.RenewTime = &now
 	obj.Spec.LeaseTransitions = &trans
 
@@ -325,6 +342,10 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 	b.observeLocked(st, res, false)
 	b.reconcileLocked(st) // a newer version already seen may name someone else
 	st.broadcast()
+	if a.resume {
+		b.log.Info("resumed a legacy lease of an earlier process of this elector",
+			zap.String("name", a.req.Name), zap.String("was", holderOf(base)), zap.String("holder", a.holder), zap.Uint64("token", token))
+	}
 	b.log.Debug("lock acquired", zap.String("name", a.req.Name), zap.String("holder", a.holder), zap.Uint64("token", token))
 	return g, nil
 }

@@ -19,6 +19,28 @@
 // electors racing for a lock one gets a conflict and loses; there are never
 // two winners.
 //
+// # Legacy locks across an elector restart
+//
+// A lock taken for Metaparticle Sync's clients (core.Request.Legacy) is held
+// in the elector's own identity, and its session part is marked:
+// "<elector>@<elector>#legacy-<instance>-<n>". When the elector restarts
+// (a crash, an OOM kill, a rollout of the sidecar alone) its clients keep
+// renewing with PUT; the new process, of the same identity but another
+// random instance, resumes such a lease at once: a legacy Acquire for the
+// same identity that finds a live Lease naming a marked session of this
+// identity and another instance writes its own session over it, an Update
+// conditioned on the version seen like every write, so that if another
+// elector takes the Lease meanwhile only one of them wins. The resume keeps
+// spec.leaseTransitions and spec.acquireTime: the same holder continues,
+// and the conditional write proves nobody else held the Lease in between,
+// so the token need not grow (Metaparticle Sync's clients never read it).
+// Nothing else is resumed: a v1 hold carries no marker, whatever its client
+// identity, and the marker is in the part only the backend writes; a
+// Lease not renewed for its duration is free to anyone and is taken with
+// a new token. Electors of one identity are one legacy holder, so
+// electors must not share an identity if their legacy clients are to
+// exclude each other.
+//
 // # Waiting without polling
 //
 // Each Backend runs one informer over all the Leases of its namespace (no
@@ -449,10 +471,21 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 }
 
-// newSessionLocked returns a session name unique to this Backend.
-func (b *Backend) newSessionLocked() string {
+// legacyMarker begins the session part of the holder identity of a legacy
+// acquisition (core.Request.Legacy): "<elector>@<elector>#legacy-<instance>-<n>".
+// Only the backend writes the session part, so no client identity can make
+// a v1 hold look like a legacy one.
+const legacyMarker = "legacy-"
+
+// newSessionLocked returns a session name unique to this Backend, marked as
+// legacy if legacy is true.
+func (b *Backend) newSessionLocked(legacy bool) string {
 	b.sessions++
-	return fmt.Sprintf("%s-%d", b.instance, b.sessions)
+	s := fmt.Sprintf("%s-%d", b.instance, b.sessions)
+	if legacy {
+		s = legacyMarker + s
+	}
+	return s
 }
 
 // holderIdentity is what an acquisition writes into spec.holderIdentity.
@@ -463,7 +496,18 @@ func (b *Backend) holderIdentity(client, session string) string {
 // ownsSession reports whether holder names a session of this Backend.
 func (b *Backend) ownsSession(holder string) bool {
 	_, elector, session, ok := splitHolder(holder)
+	session = strings.TrimPrefix(session, legacyMarker)
 	return ok && elector == b.identity && strings.HasPrefix(session, b.instance+"-")
+}
+
+// resumable reports whether holder names a legacy acquisition for client
+// made by another process of this elector's identity (an earlier
+// incarnation, before a restart), which a legacy Acquire for client may
+// resume.
+func (b *Backend) resumable(holder, client string) bool {
+	c, elector, session, ok := splitHolder(holder)
+	return ok && c == client && elector == b.identity &&
+		strings.HasPrefix(session, legacyMarker) && !b.ownsSession(holder)
 }
 
 // splitHolder splits a holder identity written by an mpsync elector,

@@ -48,6 +48,29 @@ func TestSplitHolder(t *testing.T) {
 	}
 }
 
+func TestResumable(t *testing.T) {
+	b := &Backend{identity: "pod-a", instance: "aaaa"}
+	for _, c := range []struct {
+		holder, client string
+		want           bool
+	}{
+		{"pod-a@pod-a#legacy-bbbb-1", "pod-a", true},   // an earlier process's legacy hold
+		{"pod-a@pod-a#legacy-aaaa-1", "pod-a", false},  // this process's own
+		{"pod-a@pod-a#bbbb-1", "pod-a", false},         // a v1 client named pod-a
+		{"pod-a@pod-b#legacy-bbbb-1", "pod-a", false},  // another elector's
+		{"web-1@pod-a#legacy-bbbb-1", "pod-a", false},  // another client
+		{"x#legacy-@pod-a#bbbb-1", "x#legacy-", false}, // a marker in the client part is no marker
+		{"pod-a", "pod-a", false},                      // a client-go candidate
+	} {
+		if got := b.resumable(c.holder, c.client); got != c.want {
+			t.Errorf("resumable(%q, %q) = %v, want %v", c.holder, c.client, got, c.want)
+		}
+	}
+	if !b.ownsSession("pod-a@pod-a#legacy-aaaa-1") || b.ownsSession("pod-a@pod-a#legacy-bbbb-1") {
+		t.Error("ownsSession must see through the legacy marker to the instance")
+	}
+}
+
 func TestLeaseSeconds(t *testing.T) {
 	for d, want := range map[time.Duration]int32{
 		time.Second: 1, 1500 * time.Millisecond: 2, 15 * time.Second: 15, 15*time.Second + 1: 16,

@@ -102,7 +102,7 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
 		return
 	}
-	g, err := s.b.Acquire(r.Context(), core.Request{Name: name, Identity: s.cfg.Identity, Lease: s.cfg.LegacyTTL})
+	g, err := s.b.Acquire(r.Context(), core.Request{Name: name, Identity: s.cfg.Identity, Lease: s.cfg.LegacyTTL, Legacy: true})
 	if err != nil {
 		s.leave()
 		if errors.Is(err, core.ErrLocked) {
