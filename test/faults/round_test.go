@@ -63,7 +63,7 @@ type roundConfig struct {
 	longLocks  []string      // likewise, holding each up to longHold: its terms span renewals
 	longHold   time.Duration // 0: four lease durations
 	elections  []string      // each client runs every one, for up to three lease durations each time
-	// abandoner adds, per elector, a client that abandons its
+	// abandoner adds, on the first elector, a client that abandons its
 	// connections (the client's -abandon): raw-socket acquires of locks
 	// with bytes after the request, walked away from, never renewed.
 	abandoner bool
@@ -243,7 +243,7 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 		for j := range cfg.clientsPer {
 			slots = append(slots, &clientProc{slot: fmt.Sprintf("%s-c%d", e.id, j), e: e})
 		}
-		if cfg.abandoner {
+		if cfg.abandoner && e == r.electors[0] {
 			slots = append(slots, &clientProc{slot: e.id + "-abandon", e: e, abandon: true})
 		}
 		for _, c := range slots {

@@ -32,6 +32,11 @@ import (
 // idleMax is the longest an abandoned socket is left open and unread.
 const idleMax = 3 * time.Second
 
+// restMax is the longest pause between two acquires of one lock. A socket
+// left open keeps the lock until its lease expires, so the pause keeps the
+// abandoning client from holding up the others most of the time.
+const restMax = 2 * time.Second
+
 // errWalkedAway says the client walked away from a request that waited.
 var errWalkedAway = errors.New("walked away while waiting")
 
@@ -43,6 +48,7 @@ func (c *client) abandonLoop(ctx context.Context, name string, holdMax time.Dura
 		err := c.abandonOnce(ctx, name, holdMax, rng)
 		if err == nil || errors.Is(err, errWalkedAway) {
 			backoff = minBackoff
+			pause(ctx, time.Duration(rng.Int64N(int64(restMax))))
 			continue
 		}
 		if ctx.Err() != nil {
