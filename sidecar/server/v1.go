@@ -382,9 +382,10 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
 }
 
 // watch serves GET /v1/locks/{name}/watch: the lock's state at once, then
-// after every change, with heartbeats between, until the client goes away. The backend's Watch runs
-// on its own goroutine and leaves only the latest state in a one-slot
-// mailbox, so a slow client gets the latest state, not a backlog.
+// after every change, with heartbeats between, until the client goes away.
+// The backend's Watch runs on its own goroutine and leaves only the latest
+// state in a one-slot mailbox, so a slow client gets the latest state, not
+// a backlog.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
