@@ -243,9 +243,9 @@ func TestShutdownBudget(t *testing.T) {
 	}{
 		{"memory", nil, 10000, 1500 * time.Millisecond},
 		{"kubernetes, nothing held", []string{"--backend=kubernetes"}, 0, 1500 * time.Millisecond},
-		{"kubernetes, 100 locks", []string{"--backend=kubernetes"}, 100, 5500 * time.Millisecond},
-		{"kubernetes at capacity", []string{"--backend=kubernetes"}, 180, 7100 * time.Millisecond},
-		{"1000 at 400/s", []string{"--backend=kubernetes", "--kube-qps=400", "--kube-burst=800"}, 1000, 6000 * time.Millisecond},
+		{"kubernetes, 100 locks", []string{"--backend=kubernetes"}, 100, 10500 * time.Millisecond},
+		{"kubernetes at capacity", []string{"--backend=kubernetes"}, 180, 13700 * time.Millisecond},
+		{"1000 at 400/s", []string{"--backend=kubernetes", "--kube-qps=400", "--kube-burst=800"}, 1000, 11500 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
