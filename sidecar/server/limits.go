@@ -30,6 +30,9 @@ const (
 	// refuseLinger bounds the write of a refusal and the wait for the
 	// client to read it.
 	refuseLinger = time.Second
+	// refuseWriteTimeout bounds the write of a refusal without lingering,
+	// done on the accept loop.
+	refuseWriteTimeout = 50 * time.Millisecond
 	// reserveReadTimeout bounds how long a connection from the reserve may
 	// take to send its one request.
 	reserveReadTimeout = 2 * time.Second
@@ -284,11 +287,16 @@ var refuseBody = func() string {
 
 // refuse answers c with refuseBody and closes it: it shuts down the sending
 // side and waits a moment for the client to close, so that the client reads
-// the answer rather than a reset. With refusers already lingering it closes
+// the answer rather than a reset (which closing with unread bytes from the
+// client would send). With refusers already lingering it writes and closes
 // at once.
 func (l *limitListener) refuse(c net.Conn) {
 	l.m.refusals.WithLabelValues(limitConnections).Inc()
 	if !l.refusers.TryAcquire(1) {
+		// No lingering: write (a fresh socket's buffer takes it at once,
+		// and the deadline bounds the accept loop's wait) and close.
+		_ = c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
+		_, _ = c.Write([]byte(refuseBody))
 		_ = c.Close()
 		return
 	}
