@@ -8,7 +8,7 @@ BIN    ?= $(CURDIR)/bin
 ELECTOR_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/elector ./sidecar/cmd/elector
 STATICCHECK = $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all elector examples demo test lint bench clean
+.PHONY: all elector examples demo test e2e lint bench clean
 
 all: elector examples
 
@@ -28,6 +28,11 @@ lint:
 
 test: lint elector examples
 	hack/test.sh
+
+# The end-to-end suite alone: the shipped manifests on a real node
+# (hack/e2e.sh; needs root). `make test` runs it too.
+e2e: elector examples
+	hack/e2e.sh
 
 bench: elector examples
 	hack/bench.sh

@@ -33,4 +33,7 @@ $GO list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do
     $GO test -run='^$' -fuzz="^${target}\$" -fuzztime="$FUZZTIME" "$pkg"
   done
 done
+step "end-to-end: the shipped manifests on a real node (hack/e2e.sh)"
+hack/e2e.sh
+
 step "all tests passed"

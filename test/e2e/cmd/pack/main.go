@@ -1,7 +1,7 @@
 // Command pack builds the end-to-end suite's images (image.Specs) from the
 // repository at -root and writes each as a docker-archive tarball into
-// -out, for `ctr images import`. It prints one line per image: the tarball
-// and the image's name.
+// -out, for `ctr images import`. It lists them in -out/index, one line per
+// image: the tarball and the image's name.
 //
 // Usage (in test/e2e, GOWORK=off): go run ./cmd/pack -root ../.. -out DIR
 package main
@@ -46,6 +46,7 @@ func run(root, out string) error {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return err
 	}
+	var index strings.Builder
 	for _, s := range image.Specs {
 		if err := s.Build(root, moddir, bin); err != nil {
 			return err
@@ -54,9 +55,9 @@ func run(root, out string) error {
 		if err := s.Pack(bin, file); err != nil {
 			return err
 		}
-		fmt.Println(file, s.Ref)
+		fmt.Fprintln(&index, file, s.Ref)
 	}
-	return nil
+	return os.WriteFile(filepath.Join(out, "index"), []byte(index.String()), 0o644)
 }
 
 // tarName is the tarball's file name for an image name: mpsync/elector:latest
