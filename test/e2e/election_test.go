@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,6 +71,87 @@ func TestElection(t *testing.T) {
 		assert.Equal(t, next.holderPod(), s.leader)
 		assert.Equal(t, next.Spec.LeaseTransitions, s.token)
 	})
+
+	t.Run("3 forced delete of the leader: no overlap, a leader within the lease", func(t *testing.T) {
+		old := c.settled(t, ns)
+		app := c.follow(t, ns, old.leader, "app")
+		el := c.follow(t, ns, old.leader, "elector")
+		deleted := time.Now()
+		c.must(t, "delete", "pod", "-n", ns, old.leader, "--grace-period=0", "--force")
+		before, _ := c.lease(t, ns, electionLease)
+		next := c.nextHolder(t, ns, electionLease, old.leader)
+		took := next.Spec.AcquireTime.Sub(deleted)
+		t.Logf("measured: forced deletion -> next leader's acquisition %v", took)
+		elLog := electorLog(el.lines(t, waitTimeout))
+		appLines := app.lines(t, waitTimeout)
+		c.noOverlap(t, before, next, old.leader, elLog, appLines)
+		assert.Less(t, took, leaseDuration+leaseSlack, "someone leads within the lease duration and %v", leaseSlack)
+		assert.Greater(t, next.Spec.LeaseTransitions, old.token)
+		c.settled(t, ns)
+	})
+
+	t.Run("3 SIGKILL of the leader's elector: no overlap, restarted, serves again", func(t *testing.T) {
+		old := c.settled(t, ns)
+		p := c.pod(t, ns, old.leader)
+		restarts := p.elector().RestartCount
+		killed := c.killElector(t, p)
+		before, _ := c.lease(t, ns, electionLease)
+		next := c.nextHolder(t, ns, electionLease, old.leader)
+		took := next.Spec.AcquireTime.Sub(killed)
+		t.Logf("measured: SIGKILL of the elector -> next leader's acquisition %v", took)
+		elLog := electorLog(c.logs(t, ns, old.leader, "elector", true))
+		appLines := c.logs(t, ns, old.leader, "app", false)
+		c.noOverlap(t, before, next, old.leader, elLog, appLines)
+		lost := slices.IndexFunc(appLines, func(l line) bool {
+			return l.At.After(killed) && strings.Contains(l.Text, "I lost leadership")
+		})
+		require.GreaterOrEqual(t, lost, 0, "the old leader's app did not say it lost leadership: %v", appLines)
+		assert.True(t, appLines[lost].At.Before(*next.Spec.AcquireTime),
+			"the old leader's app learnt of its loss at %v, after the next leader took over at %v", appLines[lost].At, next.Spec.AcquireTime)
+		t.Logf("measured: SIGKILL -> the old leader's app ends its term %v", appLines[lost].At.Sub(killed))
+		assert.Less(t, took, leaseDuration+leaseSlack, "someone leads within the lease duration and %v", leaseSlack)
+		// The kubelet restarts the elector, which serves again: the pod is
+		// Ready and its app follows the new leader.
+		eventually(t, waitTimeout, "the elector restarted, the pod Ready, its app following "+next.holderPod(), func() bool {
+			p := c.pod(t, ns, old.leader)
+			_, ready := p.ready()
+			st := lastState(c.logs(t, ns, old.leader, "app", false))
+			return p.elector().RestartCount > restarts && ready && st.leader == next.holderPod()
+		})
+		_, ok := first(electorLog(c.logs(t, ns, old.leader, "elector", false)), "serving", "")
+		assert.True(t, ok, "the restarted elector logged no serving line")
+		c.settled(t, ns)
+	})
+}
+
+// leaseSlack is how much later than a lease duration after a crash the
+// suite accepts the next leader: the time to notice, write and log.
+const leaseSlack = 5 * time.Second
+
+// noOverlap checks that next, the Lease's next holder, took it only after
+// the old leader's term ended: after its elector released it, or if it did
+// not, no sooner than the old term's local deadline could have been. That
+// deadline is at most the last renewal (in before, the Lease as read after
+// the fault) plus the lease's validity, D*(1-2*rho) less a margin
+// (internal/core.Validity); the suite takes D*(1-2*rho), for rho = 1%.
+func (c *cluster) noOverlap(t *testing.T, before, next lease, old string, elLog []electorEntry, appLines []line) {
+	t.Helper()
+	acquired := *next.Spec.AcquireTime
+	if released, ok := first(elLog, "lock released", electionLease); ok {
+		t.Logf("the old leader's elector released the Lease (%s)", released.Why)
+		assert.False(t, acquired.Before(released.Time), "next leader at %v, before the release at %v", acquired, released.Time)
+		return
+	}
+	require.Equal(t, old, before.holderPod(), "the Lease as read after the fault")
+	deadline := before.Spec.RenewTime.Add(time.Duration(float64(leaseDuration) * 0.98))
+	t.Logf("the old leader's elector did not release: last renewal %v, next acquisition %v after it",
+		before.Spec.RenewTime.Format(time.StampMilli), acquired.Sub(*before.Spec.RenewTime))
+	assert.False(t, acquired.Before(deadline), "next leader at %v, before the old term's deadline %v", acquired, deadline)
+	for _, l := range appLines {
+		if m := leaderLine.FindStringSubmatch(l.Text); m != nil && l.At.After(acquired) {
+			t.Errorf("the old leader's app says it leads again at %v: %s", l.At, l.Text)
+		}
+	}
 }
 
 // settled waits until the Deployment's three pods are Ready, the Lease names
@@ -125,4 +211,33 @@ func (c *cluster) nextHolder(t *testing.T, ns, name, old string) lease {
 		return ok && l.holderPod() != "" && l.holderPod() != old && l.Spec.AcquireTime != nil
 	})
 	return l
+}
+
+// pod reads one pod.
+func (c *cluster) pod(t *testing.T, ns, name string) pod {
+	t.Helper()
+	var p pod
+	require.NoError(t, json.Unmarshal([]byte(c.must(t, "get", "pod", "-n", ns, name, "-o", "json")), &p))
+	return p
+}
+
+// killElector sends SIGKILL to the elector process of p, found through
+// containerd by its container ID, and returns when it did.
+func (c *cluster) killElector(t *testing.T, p pod) time.Time {
+	t.Helper()
+	id, ok := strings.CutPrefix(p.elector().ContainerID, "containerd://")
+	require.True(t, ok, "elector container ID %q", p.elector().ContainerID)
+	out, err := exec.Command("ctr", "-a", c.containerd, "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+	require.NoError(t, err, "ctr tasks ls: %s", out)
+	for _, row := range strings.Split(string(out), "\n") {
+		f := strings.Fields(row)
+		if len(f) >= 2 && f[0] == id {
+			pid, err := strconv.Atoi(f[1])
+			require.NoError(t, err)
+			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+			return time.Now()
+		}
+	}
+	t.Fatalf("no containerd task %s", id)
+	return time.Time{}
 }
