@@ -1,5 +1,7 @@
 package transport
 
+import "github.com/mpsync/mpsync/internal/core"
+
 // The JSON shapes of the elector's v1 protocol (PROTOCOL.md). The client in
 // this package and the elector (sidecar/server) both use them, so the two
 // sides cannot drift apart.
@@ -8,8 +10,9 @@ package transport
 // get 413 with code CodeTooLarge.
 const MaxBodyBytes = 4 << 10
 
-// MaxIdentityLength is the longest identity an acquire request may carry.
-const MaxIdentityLength = 253
+// MaxIdentityLength is the longest identity an acquire request may carry
+// (core.ValidateIdentity says what else an identity must be).
+const MaxIdentityLength = core.MaxIdentityLength
 
 // Error codes: the "code" field of an ErrorBody.
 const (

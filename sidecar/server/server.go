@@ -122,8 +122,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Backend == nil {
 		return nil, errors.New("server: no backend")
 	}
-	if cfg.Identity == "" {
-		return nil, errors.New("server: empty identity")
+	if err := core.ValidateIdentity(cfg.Identity); err != nil {
+		return nil, fmt.Errorf("server: Config.Identity: %w", err)
 	}
 	if cfg.LegacyTTL == 0 {
 		cfg.LegacyTTL = DefaultLegacyTTL

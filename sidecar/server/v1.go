@@ -53,8 +53,8 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	if !decodeBody(w, r, &req) {
 		return
 	}
-	if err := checkIdentity(req.Identity); err != nil {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
+	if err := core.ValidateIdentity(req.Identity); err != nil {
+		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, fmt.Sprintf(`"identity": %v`, err))
 		return
 	}
 	if !s.enter() {

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -219,24 +218,6 @@ func hex4(b []byte, i int) (rune, bool) {
 		return 0, false
 	}
 	return rune(n), true
-}
-
-// checkIdentity reports what is wrong with an acquire request's identity.
-func checkIdentity(id string) error {
-	switch {
-	case id == "":
-		return errors.New(`"identity" is required`)
-	case len(id) > transport.MaxIdentityLength:
-		return fmt.Errorf(`"identity" is %d bytes, at most %d`, len(id), transport.MaxIdentityLength)
-	case !utf8.ValidString(id):
-		return errors.New(`"identity" is not valid UTF-8`)
-	}
-	for _, c := range id {
-		if unicode.IsControl(c) {
-			return errors.New(`"identity" contains a control character`)
-		}
-	}
-	return nil
 }
 
 // stream writes NDJSON lines, each flushed at once.
