@@ -205,7 +205,12 @@ func TestNewLockValidates(t *testing.T) {
 		{"slash", "a/b", nil, mpsync.ErrInvalidName},
 		{"too long", strings.Repeat("a", 254), nil, mpsync.ErrInvalidName},
 		{"nil transport", "test", []mpsync.Option{mpsync.WithTransport(nil)}, nil},
-		{"empty identity", "test", []mpsync.Option{mpsync.WithIdentity("")}, nil},
+		{"empty identity", "test", []mpsync.Option{mpsync.WithIdentity("")}, mpsync.ErrInvalidIdentity},
+		{"tab in identity", "test", []mpsync.Option{mpsync.WithIdentity("web\t1")}, mpsync.ErrInvalidIdentity},
+		{"newline in identity", "test", []mpsync.Option{mpsync.WithIdentity("web-1\n")}, mpsync.ErrInvalidIdentity},
+		{"DEL in identity", "test", []mpsync.Option{mpsync.WithIdentity("web\x7f")}, mpsync.ErrInvalidIdentity},
+		{"invalid UTF-8 identity", "test", []mpsync.Option{mpsync.WithIdentity("web\xff")}, mpsync.ErrInvalidIdentity},
+		{"identity too long", "test", []mpsync.Option{mpsync.WithIdentity(strings.Repeat("a", 254))}, mpsync.ErrInvalidIdentity},
 		{"empty elector", "test", []mpsync.Option{mpsync.WithElector("")}, nil},
 		{"nil logger", "test", []mpsync.Option{mpsync.WithLogger(nil)}, nil},
 	}
@@ -218,8 +223,12 @@ func TestNewLockValidates(t *testing.T) {
 			if tt.want != nil && !errors.Is(err, tt.want) {
 				t.Errorf("NewLock = %v, want %v", err, tt.want)
 			}
-			if _, err2 := mpsync.NewElection(tt.lock, tt.opts...); err2 == nil {
-				t.Error("NewElection succeeded")
+			_, err2 := mpsync.NewElection(tt.lock, tt.opts...)
+			if err2 == nil {
+				t.Fatal("NewElection succeeded")
+			}
+			if tt.want != nil && !errors.Is(err2, tt.want) {
+				t.Errorf("NewElection = %v, want %v", err2, tt.want)
 			}
 		})
 	}

@@ -72,6 +72,12 @@ var (
 	// ErrInvalidName is returned for a lock name that is not a DNS-1123
 	// subdomain of at most 253 characters (what a Lease name must be).
 	ErrInvalidName = core.ErrInvalidName
+	// ErrInvalidIdentity is returned by NewLock and NewElection (through
+	// WithIdentity, or for a default identity that would not do) for an
+	// identity that is empty, longer than 253 bytes, not valid UTF-8, or
+	// that has a control character. The elector and package mpsynctest
+	// refuse the same identities.
+	ErrInvalidIdentity = core.ErrInvalidIdentity
 	// ErrExpired is wrapped in the cause of a leadership context that
 	// reached its local validity deadline with no renewal.
 	ErrExpired = core.ErrExpired
@@ -184,11 +190,13 @@ func WithElector(addr string) Option {
 // WithIdentity sets who this holder is, as other replicas see it in
 // Event.Leader. The default is the host name and the process ID
 // ("web-7f9c-1234"). Give each Lock or Election of one name in one process
-// its own identity.
+// its own identity. An identity is 1 to 253 bytes of valid UTF-8 with no
+// control characters; the constructor fails with an error wrapping
+// ErrInvalidIdentity for any other.
 func WithIdentity(id string) Option {
 	return func(c *config) error {
-		if id == "" || len(id) > 253 {
-			return fmt.Errorf("mpsync: WithIdentity(%q): must be 1 to 253 characters", id)
+		if err := core.ValidateIdentity(id); err != nil {
+			return fmt.Errorf("mpsync: WithIdentity: %w", err)
 		}
 		c.identity = id
 		return nil
@@ -223,6 +231,9 @@ func newConfig(name string, opts []Option) (*config, error) {
 			host = "mpsync"
 		}
 		c.identity = host + "-" + strconv.Itoa(os.Getpid())
+		if err := core.ValidateIdentity(c.identity); err != nil {
+			return nil, fmt.Errorf("mpsync: default identity from the host name: %w (give one with WithIdentity)", err)
+		}
 	}
 	if c.transport == nil {
 		addr := c.elector

@@ -9,22 +9,25 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // The error values shared by the SDK, its transports and the elector. The
 // root package re-exports them; compare with errors.Is.
 var (
-	ErrLocked      = errors.New("mpsync: lock held by another holder")
-	ErrLockLost    = errors.New("mpsync: lock lost")
-	ErrUnlocked    = errors.New("mpsync: lock released by Unlock")
-	ErrNotHeld     = errors.New("mpsync: lock not held")
-	ErrInvalidName = errors.New("mpsync: invalid lock name")
-	ErrExpired     = errors.New("mpsync: lease validity expired before renewal")
-	ErrRevoked     = errors.New("mpsync: lease revoked")
-	ErrUnavailable = errors.New("mpsync: elector unavailable")
-	ErrClosed      = errors.New("mpsync: closed")
-	ErrBusy        = errors.New("mpsync: Lock already holds or is acquiring")
-	ErrRunning     = errors.New("mpsync: Election already running")
+	ErrLocked          = errors.New("mpsync: lock held by another holder")
+	ErrLockLost        = errors.New("mpsync: lock lost")
+	ErrUnlocked        = errors.New("mpsync: lock released by Unlock")
+	ErrNotHeld         = errors.New("mpsync: lock not held")
+	ErrInvalidName     = errors.New("mpsync: invalid lock name")
+	ErrInvalidIdentity = errors.New("mpsync: invalid identity")
+	ErrExpired         = errors.New("mpsync: lease validity expired before renewal")
+	ErrRevoked         = errors.New("mpsync: lease revoked")
+	ErrUnavailable     = errors.New("mpsync: elector unavailable")
+	ErrClosed          = errors.New("mpsync: closed")
+	ErrBusy            = errors.New("mpsync: Lock already holds or is acquiring")
+	ErrRunning         = errors.New("mpsync: Election already running")
 )
 
 // MaxNameLength is the longest lock name: a Kubernetes object name.
@@ -44,6 +47,32 @@ func ValidateName(name string) error {
 		return fmt.Errorf("%w: %d characters, at most %d", ErrInvalidName, len(name), MaxNameLength)
 	case !subdomain.MatchString(name):
 		return fmt.Errorf("%w: %q is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// MaxIdentityLength is the longest identity, in bytes: a Kubernetes
+// object name's length, so that an identity fits wherever a name does.
+const MaxIdentityLength = 253
+
+// ValidateIdentity reports whether id can name a holder: 1 to
+// MaxIdentityLength bytes of valid UTF-8 with no control characters
+// (unicode.IsControl: C0, DEL, C1), so that it survives JSON, HTTP headers,
+// logs and a Lease's spec.holderIdentity unchanged. The SDK, the fake and the
+// elector all apply this one rule. The error wraps ErrInvalidIdentity.
+func ValidateIdentity(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty", ErrInvalidIdentity)
+	case len(id) > MaxIdentityLength:
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidIdentity, len(id), MaxIdentityLength)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidIdentity, id)
+	}
+	for i, c := range id {
+		if unicode.IsControl(c) {
+			return fmt.Errorf("%w: %q has a control character (%U) at byte %d", ErrInvalidIdentity, id, c, i)
+		}
 	}
 	return nil
 }
@@ -74,7 +103,7 @@ func Validity(d time.Duration) time.Duration {
 // Request asks a lock table or backend for a lock.
 type Request struct {
 	Name     string        // the lock; must pass ValidateName
-	Identity string        // who will hold it; must not be empty
+	Identity string        // who will hold it; must pass ValidateIdentity
 	Wait     bool          // wait for the lock instead of failing with ErrLocked
 	Lease    time.Duration // lease duration; 0 means the backend's default
 	// Legacy marks an acquisition made for Metaparticle Sync's clients,

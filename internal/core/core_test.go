@@ -55,3 +55,41 @@ func TestValidity(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateIdentity(t *testing.T) {
+	tests := []struct {
+		name string
+		id   string
+		ok   bool
+	}{
+		{"plain", "web-1", true},
+		{"host and pid", "web-7f9c-1234", true},
+		{"spaces and punctuation", "web 1 (canary) @eu#2", true},
+		{"non-ASCII", "wébé-北京", true},
+		{"longest", strings.Repeat("a", MaxIdentityLength), true},
+		{"longest in multibyte runes", strings.Repeat("é", MaxIdentityLength/2), true},
+		{"empty", "", false},
+		{"one byte too long", strings.Repeat("a", MaxIdentityLength+1), false},
+		{"too long in bytes, not runes", strings.Repeat("é", MaxIdentityLength/2+1), false},
+		{"tab", "web\t1", false},
+		{"newline", "web-1\n", false},
+		{"carriage return", "web\r1", false},
+		{"NUL", "web\x001", false},
+		{"escape", "web\x1b[31m", false},
+		{"DEL", "web\x7f", false},
+		{"C1 control", "web\u00851", false},
+		{"invalid UTF-8", "web\xff", false},
+		{"truncated rune", "web\xc3", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateIdentity(tt.id)
+			if tt.ok && err != nil {
+				t.Errorf("ValidateIdentity(%q) = %v, want nil", tt.id, err)
+			}
+			if !tt.ok && !errors.Is(err, ErrInvalidIdentity) {
+				t.Errorf("ValidateIdentity(%q) = %v, want ErrInvalidIdentity", tt.id, err)
+			}
+		})
+	}
+}

@@ -74,8 +74,8 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	if err := core.ValidateName(req.Name); err != nil {
 		return nil, err
 	}
-	if req.Identity == "" {
-		return nil, fmt.Errorf("fake: empty identity")
+	if err := core.ValidateIdentity(req.Identity); err != nil {
+		return nil, err
 	}
 	if req.Lease == 0 {
 		req.Lease = t.lease

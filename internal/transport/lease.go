@@ -138,7 +138,8 @@ func (l *Lease) Renew(ctx context.Context) (time.Duration, error) {
 // closed (which alone would make the elector release it, should the request
 // have failed), and Release returns once the lease has ended. Done is then
 // closed and Err is nil, unless a loss came first. Release on a lease that
-// has ended, or a second Release, does nothing and returns nil. The error,
+// has ended, here or at the elector (which answers 404 unknown_session), or
+// a second Release, does nothing and returns nil. The error,
 // if any, is the release request's; the lease has ended all the same.
 func (l *Lease) Release(ctx context.Context) error {
 	l.mu.Lock()
@@ -149,6 +150,9 @@ func (l *Lease) Release(ctx context.Context) error {
 		return nil
 	}
 	err := l.c.post(ctx, l.c.lockURL(l.name, "release"), l.name, SessionRequest{Session: l.session}, nil)
+	if errors.Is(err, errUnknownSession) {
+		err = nil // the lease ended at the elector before the request came: released all the same
+	}
 	l.cancel()
 	<-l.done // prompt: cancelling the request ends run's read
 	if err != nil && !errors.Is(err, ctx.Err()) {

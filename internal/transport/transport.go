@@ -31,6 +31,11 @@ import (
 // maxLine is the longest NDJSON line a stream may send.
 const maxLine = 64 << 10
 
+// errUnknownSession is wrapped, with core.ErrLockLost, in the error of a
+// renew or release whose session the elector does not know as live on that
+// lock (404 unknown_session): its lease has ended.
+var errUnknownSession = errors.New("transport: session unknown to the elector")
+
 // Client talks to one elector. Create it with New; it is safe for concurrent
 // use. It keeps idle connections for reuse; CloseIdleConnections drops them.
 type Client struct {
@@ -138,6 +143,8 @@ func (c *Client) codeError(eb ErrorBody, status, name string) error {
 		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
 	case CodeLost:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrLockLost, eb.Error)
+	case CodeUnknownSession:
+		return fmt.Errorf("%w: %w: the elector says: %s", core.ErrLockLost, errUnknownSession, eb.Error)
 	case CodeUnavailable:
 		return fmt.Errorf("%w: the elector at %s says: %s", core.ErrUnavailable, c.base, eb.Error)
 	}

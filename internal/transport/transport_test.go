@@ -111,7 +111,8 @@ func TestRenewAfterLossAtElector(t *testing.T) {
 	if l.last.Reason != ReasonRevoked {
 		t.Errorf("last line %+v, want a lost event with reason revoked", l.last)
 	}
-	// A renew that crosses the loss gets 410 from the elector.
+	// A renew that crosses the loss gets 410 lost, or 404 unknown_session
+	// once the elector has forgotten the session: a loss either way.
 	var out RenewResponse
 	if err := c.post(bg(), c.lockURL("a", "renew"), "a", SessionRequest{Session: l.session}, &out); !errors.Is(err, core.ErrLockLost) {
 		t.Errorf("renew of a revoked session: %v, want ErrLockLost", err)
@@ -122,6 +123,35 @@ func TestRenewAfterLossAtElector(t *testing.T) {
 	if err := l.Release(bg()); err != nil {
 		t.Errorf("Release after loss: %v, want nil", err)
 	}
+}
+
+// TestUnknownSession: the elector answers renew and release of a session it
+// does not know with 404 unknown_session. Renew takes that as a loss;
+// Release as done, so it stays idempotent for the SDK. The session is made
+// unknown by changing the id the lease sends, before the lease is shared.
+func TestUnknownSession(t *testing.T) {
+	e := startElector(t)
+	c := e.client()
+	l, err := c.Acquire(bg(), "a", "web-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.session = "not-" + l.session
+	_, err = l.Renew(bg())
+	if !errors.Is(err, core.ErrLockLost) || !errors.Is(err, errUnknownSession) {
+		t.Errorf("Renew of an unknown session: %v, want ErrLockLost and errUnknownSession", err)
+	}
+	if err := l.Release(bg()); err != nil {
+		t.Errorf("Release of an unknown session: %v, want nil", err)
+	}
+	// Release closed the stream, which released the lock all the same.
+	eventually(t, "the lock is free after Release", func() bool {
+		l2, err := c.Acquire(bg(), "a", "web-2", false)
+		if err != nil {
+			return false
+		}
+		return l2.Release(bg()) == nil
+	})
 }
 
 func TestExpired(t *testing.T) {

@@ -1,5 +1,7 @@
 package transport
 
+import "github.com/mpsync/mpsync/internal/core"
+
 // The JSON shapes of the elector's v1 protocol (PROTOCOL.md). The client in
 // this package and the elector (sidecar/server) both use them, so the two
 // sides cannot drift apart.
@@ -18,8 +20,9 @@ const HeartbeatInterval = time.Second
 // get 413 with code CodeTooLarge.
 const MaxBodyBytes = 4 << 10
 
-// MaxIdentityLength is the longest identity an acquire request may carry.
-const MaxIdentityLength = 253
+// MaxIdentityLength is the longest identity an acquire request may carry
+// (core.ValidateIdentity says what else an identity must be).
+const MaxIdentityLength = core.MaxIdentityLength
 
 // Error codes: the "code" field of an ErrorBody.
 const (
@@ -27,8 +30,9 @@ const (
 	CodeBadRequest       = "bad_request"        // malformed JSON, unknown field, missing value (400)
 	CodeTooLarge         = "too_large"          // request body over MaxBodyBytes (413)
 	CodeLocked           = "locked"             // held by another holder and the request did not wait (409)
-	CodeLost             = "lost"               // the session's lease has ended (410, and in lost events)
+	CodeLost             = "lost"               // the session's lease ended as it was renewed (410, and in lost events)
 	CodeNotFound         = "not_found"          // unknown path, or a legacy lock that is not held (404)
+	CodeUnknownSession   = "unknown_session"    // renew or release of a session that is not live on that lock (404)
 	CodeMethodNotAllowed = "method_not_allowed" // wrong method; the Allow header lists the right ones (405)
 	CodeUnavailable      = "unavailable"        // backend not ready, or the elector is shutting down (503)
 )

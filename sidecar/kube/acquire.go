@@ -48,8 +48,8 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 	if err := core.ValidateName(req.Name); err != nil {
 		return nil, err
 	}
-	if req.Identity == "" {
-		return nil, errors.New("kube: empty identity")
+	if err := core.ValidateIdentity(req.Identity); err != nil {
+		return nil, err
 	}
 	d := req.Lease
 	if d == 0 {

@@ -229,11 +229,12 @@ var _ backend.Backend = (*Backend)(nil)
 // server: Ready reports when the watch has synced, and Acquire and Watch
 // wait for that.
 func New(cfg Config) (*Backend, error) {
+	idErr := core.ValidateIdentity(cfg.Identity)
 	switch {
 	case cfg.Client == nil:
 		return nil, errors.New("kube: Config.Client is nil")
-	case cfg.Identity == "":
-		return nil, errors.New("kube: Config.Identity is empty")
+	case idErr != nil:
+		return nil, fmt.Errorf("kube: Config.Identity: %w", idErr)
 	case strings.ContainsAny(cfg.Identity, "@#"):
 		return nil, fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
 	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,6 +116,9 @@ func TestFakeSmoke(t *testing.T) {
 	if g.Token() != 1 {
 		t.Errorf("token %d, want 1", g.Token())
 	}
+	if _, err := b.Acquire(ctx, core.Request{Name: "lock2", Identity: "app\tone"}); !errors.Is(err, core.ErrInvalidIdentity) {
+		t.Errorf("Acquire with a tab in the identity = %v, want ErrInvalidIdentity", err)
+	}
 	if _, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "other"}); !errors.Is(err, core.ErrLocked) {
 		t.Errorf("second Acquire = %v, want ErrLocked", err)
 	}
@@ -163,6 +167,32 @@ func TestNewRejects(t *testing.T) {
 			if b, err := New(tc.cfg); err == nil {
 				_ = b.Close(context.Background())
 				t.Errorf("New(%+v) succeeded", tc.cfg)
+			}
+		})
+	}
+}
+
+func TestNewValidatesIdentity(t *testing.T) {
+	tests := []struct {
+		name, id string
+		want     error // nil: any error will do
+	}{
+		{"empty", "", core.ErrInvalidIdentity},
+		{"tab", "e\t0", core.ErrInvalidIdentity},
+		{"invalid UTF-8", "e\xff", core.ErrInvalidIdentity},
+		{"too long", strings.Repeat("e", 254), core.ErrInvalidIdentity},
+		{"separator @", "e@0", nil},
+		{"separator #", "e#0", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := New(Config{Client: fake.NewClientset(), Namespace: "ns", Identity: tt.id})
+			if err == nil {
+				_ = b.Close(context.Background())
+				t.Fatalf("New with identity %q succeeded", tt.id)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Errorf("New with identity %q = %v, want %v", tt.id, err, tt.want)
 			}
 		})
 	}

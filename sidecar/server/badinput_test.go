@@ -122,6 +122,9 @@ func TestBadInput(t *testing.T) {
 		{name: "empty identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":""}`, status: 400, code: "bad_request"},
 		{name: "long identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":"` + strings.Repeat("x", 254) + `"}`, status: 400, code: "bad_request"},
 		{name: "control identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":"a\nb"}`, status: 400, code: "bad_request"},
+		{name: "tab identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":"a\tb"}`, status: 400, code: "bad_request"},
+		{name: "DEL identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":"a\u007f"}`, status: 400, code: "bad_request"},
+		{name: "C1 identity", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":"a\u0085"}`, status: 400, code: "bad_request"},
 		{name: "bad UTF-8 identity", method: "POST", path: "/v1/locks/a/acquire", body: "{\"identity\":\"\xff\"}", status: 400, code: "bad_request"},
 		{name: "renew no session", method: "POST", path: "/v1/locks/kept/renew", body: `{}`, status: 400, code: "bad_request"},
 		{name: "release no session", method: "POST", path: "/v1/locks/kept/release", body: `{"session":""}`, status: 400, code: "bad_request"},
@@ -131,10 +134,10 @@ func TestBadInput(t *testing.T) {
 		{name: "take kept", method: "POST", path: "/v1/locks/kept/acquire", body: `{"identity":"thief"}`, status: 409, code: "locked"},
 		{name: "legacy take kept", method: "PUT", path: "/locks/kept", status: 409, code: "locked"},
 		{name: "v1 take legacy-kept", method: "POST", path: "/v1/locks/legacy-kept/acquire", body: `{"identity":"thief"}`, status: 409, code: "locked"},
-		{name: "renew unknown session", method: "POST", path: "/v1/locks/kept/renew", body: `{"session":"s999"}`, status: 410, code: "lost"},
-		{name: "renew session on other lock", method: "POST", path: "/v1/locks/other/renew", body: `{"session":"` + sess + `"}`, status: 410, code: "lost"},
-		{name: "release session on other lock", method: "POST", path: "/v1/locks/other/release", body: `{"session":"` + sess + `"}`, status: 200},
-		{name: "release unknown session", method: "POST", path: "/v1/locks/kept/release", body: `{"session":"nope"}`, status: 200},
+		{name: "renew unknown session", method: "POST", path: "/v1/locks/kept/renew", body: `{"session":"s1"}`, status: 404, code: "unknown_session"},
+		{name: "renew session on other lock", method: "POST", path: "/v1/locks/other/renew", body: `{"session":"` + sess + `"}`, status: 404, code: "unknown_session"},
+		{name: "release session on other lock", method: "POST", path: "/v1/locks/other/release", body: `{"session":"` + sess + `"}`, status: 404, code: "unknown_session"},
+		{name: "release unknown session", method: "POST", path: "/v1/locks/kept/release", body: `{"session":"nope"}`, status: 404, code: "unknown_session"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

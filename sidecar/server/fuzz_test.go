@@ -45,6 +45,15 @@ func FuzzHandler(f *testing.F) {
 		{"POST", "/v1/locks/held/acquire", `{"identity":"\u0000"}`},
 		{"POST", "/v1/locks/held/acquire", "{\"identity\":\"\xff\"}"},
 		{"GET", "/nope?x=1", ""},
+		{"POST", "/v1/locks/free/acquire", `{"IDENTITY":"x"}`},
+		{"POST", "/v1/locks/free/acquire", `{"identity":"x","identity":"y"}`},
+		{"POST", "/v1/locks/free/acquire", `{"identity":"\ud800"}`},
+		{"POST", "/v1/locks/free/acquire", `{"identity":"\udc00x"}`},
+		{"POST", "/v1/locks/free/acquire", `{"identity":"\ud800\u0041"}`},
+		{"POST", "/v1/locks/free/acquire", `{"identity":"\ud83d\ude00"}`},
+		{"POST", "/v1/locks/held/renew", `{"Session":"s1"}`},
+		{"POST", "/v1/locks/held/release", `{"session":"s1","session":"s2"}`},
+		{"POST", "/v1/locks/held/release", `{"session":"\ud800"}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.method, s.target, []byte(s.body))

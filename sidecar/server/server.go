@@ -119,26 +119,6 @@ type Server struct {
 	closeErr error
 }
 
-// session is one v1 acquisition, from grant until its stream ends.
-type session struct {
-	name     string
-	grant    backend.Grant
-	mu       sync.Mutex
-	released bool // a release request was made for it
-}
-
-func (s *session) markReleased() {
-	s.mu.Lock()
-	s.released = true
-	s.mu.Unlock()
-}
-
-func (s *session) wasReleased() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.released
-}
-
 // legacyLock is the elector's own hold on a lock taken through the legacy
 // protocol.
 type legacyLock struct {
@@ -152,8 +132,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Backend == nil {
 		return nil, errors.New("server: no backend")
 	}
-	if cfg.Identity == "" {
-		return nil, errors.New("server: empty identity")
+	if err := core.ValidateIdentity(cfg.Identity); err != nil {
+		return nil, fmt.Errorf("server: Config.Identity: %w", err)
 	}
 	if cfg.LegacyTTL == 0 {
 		cfg.LegacyTTL = DefaultLegacyTTL

@@ -68,8 +68,8 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	if !decodeBody(w, r, &req) {
 		return
 	}
-	if err := checkIdentity(req.Identity); err != nil {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
+	if err := core.ValidateIdentity(req.Identity); err != nil {
+		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, fmt.Sprintf(`"identity": %v`, err))
 		return
 	}
 	done, ok := s.admitStream(w, r, limitAcquireStreams)
@@ -215,15 +215,8 @@ func (s *Server) validityOf(ctx context.Context, g backend.Grant, received time.
 // ends or a heartbeat fails to reach it: the lock is released) or the
 // elector shuts down.
 func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, log *zap.Logger) {
-	sess := &session{name: name, grant: g}
-	s.mu.Lock()
-	s.sessions[g.Session()] = sess
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sessions, g.Session())
-		s.mu.Unlock()
-	}()
+	id, sess := s.addSession(name, g)
+	defer s.dropSession(id)
 	s.m.acquisitions.WithLabelValues("v1").Inc()
 	s.m.held.Inc()
 	defer s.m.held.Dec()
@@ -232,7 +225,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 
 	err := st.send(transport.Event{
 		Type:       transport.EventAcquired,
-		Session:    g.Session(),
+		Session:    id,
 		Token:      g.Token(),
 		ValidityMs: validity.Milliseconds(),
 	}, streamWriteTimeout)
@@ -309,17 +302,6 @@ func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
 	log.Info("lock released", zap.String("why", why))
 }
 
-// lookup returns the live session id of lock name, or nil.
-func (s *Server) lookup(name, id string) *session {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sess := s.sessions[id]
-	if sess == nil || sess.name != name {
-		return nil
-	}
-	return sess
-}
-
 // sessionRequest checks name and reads the body of a renew or release: a
 // SessionRequest naming a session. On bad input it answers the request and
 // returns false.
@@ -343,8 +325,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	sess := s.lookup(name, req.Session)
 	if sess == nil {
-		writeError(w, http.StatusGone, transport.CodeLost,
-			fmt.Sprintf("no live session %q on lock %q (it ended, or never existed)", req.Session, name))
+		unknownSession(w, name)
 		return
 	}
 	start := time.Now()
@@ -363,22 +344,35 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
 	writeJSON(w, http.StatusOK, transport.RenewResponse{ValidityMs: v.Milliseconds()})
 }
 
-// release serves POST /v1/locks/{name}/release. Releasing a session that
-// has ended or never existed succeeds: release is idempotent.
+// release serves POST /v1/locks/{name}/release. A session that has ended,
+// never existed or belongs to another lock gets 404 unknown_session, so that
+// nobody can probe for live sessions unnoticed; a client that releases a
+// lease it knows it held may take that answer as done.
 func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
 	req, ok := sessionRequest(w, r, name)
 	if !ok {
 		return
 	}
-	if sess := s.lookup(name, req.Session); sess != nil {
-		sess.markReleased()
-		if err := sess.grant.Release(r.Context()); err != nil {
-			s.backendError(w, r, err)
-			return
-		}
-		s.m.releases.WithLabelValues("request").Inc()
+	sess := s.lookup(name, req.Session)
+	if sess == nil {
+		unknownSession(w, name)
+		return
 	}
+	sess.markReleased()
+	if err := sess.grant.Release(r.Context()); err != nil {
+		s.backendError(w, r, err)
+		return
+	}
+	s.m.releases.WithLabelValues("request").Inc()
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// unknownSession answers a renew or release whose session is not a live
+// session of lock name. The message does not repeat the id: logs and
+// proxies that keep answers need not keep secrets.
+func unknownSession(w http.ResponseWriter, name string) {
+	writeError(w, http.StatusNotFound, transport.CodeUnknownSession,
+		fmt.Sprintf("no live session with that id on lock %q: it ended, never existed, or belongs to another lock", name))
 }
 
 // watch serves GET /v1/locks/{name}/watch: the lock's state at once, then

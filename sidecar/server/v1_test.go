@@ -64,12 +64,13 @@ func TestAcquireRenewRelease(t *testing.T) {
 	if got, want := e.state("a"), (transport.LockState{Name: "a", Token: ev.Token}); got != want {
 		t.Errorf("state after release: %+v, want %+v", got, want)
 	}
-	// Release is idempotent; renew of an ended session is 410 lost.
-	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
-	var eb transport.ErrorBody
-	e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusGone, &eb)
-	if eb.Code != transport.CodeLost {
-		t.Errorf("renew after release: code %q, want %q", eb.Code, transport.CodeLost)
+	// The ended session is unknown: renew and release of it are 404.
+	for _, op := range []string{"release", "renew"} {
+		var eb transport.ErrorBody
+		e.doJSON("POST", "/v1/locks/a/"+op, `{"session":"`+ev.Session+`"}`, http.StatusNotFound, &eb)
+		if eb.Code != transport.CodeUnknownSession {
+			t.Errorf("%s after release: code %q, want %q", op, eb.Code, transport.CodeUnknownSession)
+		}
 	}
 }
 
@@ -212,7 +213,10 @@ func TestLoss(t *testing.T) {
 			}
 			st.wantEnd()
 			var eb transport.ErrorBody
-			e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusGone, &eb)
+			e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusNotFound, &eb)
+			if eb.Code != transport.CodeUnknownSession {
+				t.Errorf("renew after the loss: code %q, want %q", eb.Code, transport.CodeUnknownSession)
+			}
 		})
 	}
 }

@@ -8,8 +8,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"reflect"
+	"strconv"
+	"strings"
 	"time"
-	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -88,6 +91,12 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
+// decodeStrict decodes b, one JSON object, into v, a pointer to a struct
+// whose fields have json tags. It refuses what encoding/json lets through:
+// field names in another case than the tag's (json matches them
+// case-insensitively), a key given twice (json keeps the last), and \u
+// escapes that are not valid UTF-16 (json stores U+FFFD), besides unknown
+// fields, invalid UTF-8 and data after the object.
 func decodeStrict(b []byte, v any) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return errors.New("empty request body: want a JSON object")
@@ -95,6 +104,12 @@ func decodeStrict(b []byte, v any) error {
 	if !utf8.Valid(b) {
 		// encoding/json would quietly turn bad bytes into U+FFFD.
 		return errors.New("request body is not valid UTF-8")
+	}
+	if err := checkEscapes(b); err != nil {
+		return fmt.Errorf("malformed JSON body: %w", err)
+	}
+	if err := checkKeys(b, jsonFields(v)); err != nil {
+		return fmt.Errorf("malformed JSON body: %w", err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -107,22 +122,102 @@ func decodeStrict(b []byte, v any) error {
 	return nil
 }
 
-// checkIdentity reports what is wrong with an acquire request's identity.
-func checkIdentity(id string) error {
-	switch {
-	case id == "":
-		return errors.New(`"identity" is required`)
-	case len(id) > transport.MaxIdentityLength:
-		return fmt.Errorf(`"identity" is %d bytes, at most %d`, len(id), transport.MaxIdentityLength)
-	case !utf8.ValidString(id):
-		return errors.New(`"identity" is not valid UTF-8`)
+// jsonFields returns the JSON field names of the struct v points to.
+func jsonFields(v any) map[string]bool {
+	t := reflect.TypeOf(v).Elem()
+	names := make(map[string]bool, t.NumField())
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names[name] = true
+		}
 	}
-	for _, c := range id {
-		if unicode.IsControl(c) {
-			return errors.New(`"identity" contains a control character`)
+	return names
+}
+
+// checkKeys reports the first key of the top-level object in b that is not
+// exactly one of fields, or that comes twice. What is not an object is left
+// to the decoder to refuse.
+func checkKeys(b []byte, fields map[string]bool) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := make(map[string]bool)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil // malformed: the decoder says how
+		}
+		key, _ := tok.(string)
+		if !fields[key] {
+			for f := range fields {
+				if strings.EqualFold(f, key) {
+					return fmt.Errorf("field %q is spelled %q: field names are case-sensitive", f, key)
+				}
+			}
+			return fmt.Errorf("unknown field %q", key)
+		}
+		if seen[key] {
+			return fmt.Errorf("duplicate field %q", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return nil
 		}
 	}
 	return nil
+}
+
+// checkEscapes reports the first \u escape in a string of b that is not
+// valid UTF-16: a lone surrogate, high or low. b is valid UTF-8.
+func checkEscapes(b []byte) error {
+	inString := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case !inString:
+			inString = c == '"'
+		case c == '"':
+			inString = false
+		case c == '\\' && i+1 < len(b):
+			i++
+			if b[i] != 'u' {
+				continue
+			}
+			r, ok := hex4(b, i+1)
+			if !ok {
+				continue // not an escape at all: the decoder refuses it
+			}
+			i += 4
+			switch {
+			case utf16.IsSurrogate(r) && r >= 0xdc00:
+				return fmt.Errorf("invalid escape \\u%04x: a low surrogate without a high one before it", r)
+			case utf16.IsSurrogate(r):
+				lo, ok := rune(0), i+2 < len(b) && b[i+1] == '\\' && b[i+2] == 'u'
+				if ok {
+					lo, ok = hex4(b, i+3)
+				}
+				if !ok || lo < 0xdc00 || lo > 0xdfff {
+					return fmt.Errorf("invalid escape \\u%04x: a high surrogate not followed by a low one", r)
+				}
+				i += 6
+			}
+		}
+	}
+	return nil
+}
+
+// hex4 decodes the four hex digits at b[i:], reporting false if they are not.
+func hex4(b []byte, i int) (rune, bool) {
+	if i+4 > len(b) {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(b[i:i+4]), 16, 16)
+	if err != nil {
+		return 0, false
+	}
+	return rune(n), true
 }
 
 // stream writes NDJSON lines, each flushed at once. After a write fails
