@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,7 +92,7 @@ type healthy struct {
 	held   context.Context
 	stop   chan struct{}
 	done   chan struct{}
-	cycles int
+	cycles atomic.Int64
 }
 
 func startHealthy(t *testing.T, addr string, loop bool) *healthy {
@@ -122,7 +123,7 @@ func startHealthy(t *testing.T, addr string, loop bool) *healthy {
 				t.Errorf("healthy client: Unlock: %v", err)
 				return
 			}
-			h.cycles++
+			h.cycles.Add(1)
 		}
 	}()
 	return h
@@ -252,7 +253,7 @@ func TestWatchFlood(t *testing.T) {
 	assert.Equal(t, http.StatusOK, probe(t, p, "/healthz"))
 	assert.Equal(t, http.StatusOK, probe(t, p, "/readyz"))
 	fd1, g1 := fds(t, p), metric(t, p, "go_goroutines")
-	cyclesDuring := h.cycles
+	cyclesDuring := h.cycles.Load()
 
 	for _, c := range held {
 		c.Close()
@@ -262,7 +263,7 @@ func TestWatchFlood(t *testing.T) {
 	h.finish()
 	assert.Positive(t, cyclesDuring, "the healthy client locked and unlocked during the flood")
 	t.Logf("watch flood at nofile %d: %d held, %d refused; descriptors %d -> %d -> %d, goroutines %v -> %v -> %v; healthy cycles %d",
-		nofile, len(held), refused, fd0, fd1, fds(t, p), g0, g1, metric(t, p, "go_goroutines"), h.cycles)
+		nofile, len(held), refused, fd0, fd1, fds(t, p), g0, g1, metric(t, p, "go_goroutines"), h.cycles.Load())
 }
 
 // TestIdleConnectionFlood fills every ordinary connection with idle
