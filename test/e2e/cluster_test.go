@@ -408,17 +408,6 @@ func lastState(lines []line) appState {
 	return s
 }
 
-// terms are the leader lines of an election log: token and time.
-func terms(lines []line) []appState {
-	var out []appState
-	for _, l := range lines {
-		if m := leaderLine.FindStringSubmatch(l.Text); m != nil {
-			tok, _ := strconv.ParseUint(m[1], 10, 64)
-			out = append(out, appState{leading: true, token: tok, at: l.At})
-		}
-	}
-	return out
-}
 
 // stepDown is the election example's line when it ends its term on SIGTERM.
 var stepDown = regexp.MustCompile(`: stepping down: shutting down$`)
