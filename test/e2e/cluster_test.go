@@ -408,7 +408,6 @@ func lastState(lines []line) appState {
 	return s
 }
 
-
 // stepDown is the election example's line when it ends its term on SIGTERM.
 var stepDown = regexp.MustCompile(`: stepping down: shutting down$`)
 
