@@ -35,6 +35,13 @@ down() {
   if [[ -d $dir/node ]]; then
     hack/e2e/down.sh "$dir/node" || rc=1
   fi
+  # Logs are kept for a failure, and the rest (images, containerd's
+  # store) removed with them after a pass.
+  if ((rc == 0)); then
+    rm -rf "$dir"
+  else
+    echo "e2e: logs in $dir/node" >&2
+  fi
   exit "$rc"
 }
 trap down EXIT

@@ -186,6 +186,7 @@ cat >"$dir/env" <<EOF
 MPSYNC_E2E_KUBECONFIG=$admin
 MPSYNC_E2E_KUBECTL=$KUBECTL_BIN
 MPSYNC_E2E_CONTAINERD=$sock
+MPSYNC_E2E_POD_LOGS=$dir/kubelet/logs
 MPSYNC_E2E_DIR=$dir
 EOF
 log "node up in $((SECONDS - start_all))s (env: $dir/env)"

@@ -72,12 +72,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
+
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation"
 	coordinformers "k8s.io/client-go/informers/coordination/v1"
 	"k8s.io/client-go/kubernetes"
@@ -216,7 +219,8 @@ type Backend struct {
 
 	mu         sync.Mutex
 	leases     map[string]*lease
-	held       int // grants not yet ended, and writes in flight that may make one
+	watchErr   error // the lease watch's last failure, for Ready
+	held       int   // grants not yet ended, and writes in flight that may make one
 	sessions   uint64
 	closed     bool
 	orphansEnd bool // no more orphan releases may start
@@ -289,6 +293,9 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("kube: lease informer: %w", err)
 	}
 	b.synced = reg.HasSyncedChecker().Done()
+	if err := b.informer.SetWatchErrorHandlerWithContext(b.onWatchError); err != nil {
+		return nil, fmt.Errorf("kube: lease informer: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stopInformer = cancel
 	go func() {
@@ -365,6 +372,27 @@ func (b *Backend) Watch(ctx context.Context, name string, fn func(core.Holder)) 
 	}
 }
 
+// onWatchError is the lease informer's watch error handler (instead of
+// client-go's, which logs through klog): a refusal by the API server, such
+// as a service account without the RoleBinding, is one error line in the
+// elector's log saying which verb on which resource was refused; other
+// failures are warnings; a watch that ended or expired, as watches do, is
+// not logged above debug. Ready reports the last failure until the watch
+// has synced.
+func (b *Backend) onWatchError(_ context.Context, _ *cache.Reflector, err error) {
+	b.mu.Lock()
+	b.watchErr = err
+	b.mu.Unlock()
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err):
+		b.log.Debug("lease watch ended; resuming", zap.Error(err))
+	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+		b.log.Error("the API server refused the lease watch; the elector needs get, list, watch, create and update on leases in its namespace (examples/kubernetes/rbac.yaml)", zap.Error(err))
+	default:
+		b.log.Warn("lease watch failed; retrying", zap.Error(err))
+	}
+}
+
 // Ready implements backend.Backend: nil when the lease watch has synced and
 // the API server answers its /readyz, else an error saying which is not.
 func (b *Backend) Ready(ctx context.Context) error {
@@ -376,6 +404,12 @@ func (b *Backend) Ready(ctx context.Context) error {
 	select {
 	case <-b.synced:
 	default:
+		b.mu.Lock()
+		werr := b.watchErr
+		b.mu.Unlock()
+		if werr != nil {
+			return fmt.Errorf("kube: lease watch has not synced with the API server yet: %w", werr)
+		}
 		return errors.New("kube: lease watch has not synced with the API server yet")
 	}
 	if b.ready == nil {

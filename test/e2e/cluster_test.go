@@ -6,10 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +50,7 @@ type cluster struct {
 	kubectl    string
 	kubeconfig string
 	containerd string // containerd's socket
+	podLogs    string // the kubelet's podLogsDir
 }
 
 // newCluster reads the env file of up.sh, or skips the test when the
@@ -66,7 +69,8 @@ func newCluster(t *testing.T) *cluster {
 			env[k] = v
 		}
 	}
-	c := &cluster{kubectl: env["MPSYNC_E2E_KUBECTL"], kubeconfig: env["MPSYNC_E2E_KUBECONFIG"], containerd: env["MPSYNC_E2E_CONTAINERD"]}
+	c := &cluster{kubectl: env["MPSYNC_E2E_KUBECTL"], kubeconfig: env["MPSYNC_E2E_KUBECONFIG"],
+		containerd: env["MPSYNC_E2E_CONTAINERD"], podLogs: env["MPSYNC_E2E_POD_LOGS"]}
 	require.NotEmpty(t, c.kubectl, "MPSYNC_E2E_KUBECTL in %s", path)
 	require.NotEmpty(t, c.kubeconfig, "MPSYNC_E2E_KUBECONFIG in %s", path)
 	return c
@@ -128,6 +132,7 @@ func (c *cluster) rollout(t *testing.T, ns, deployment string) {
 type pod struct {
 	Metadata struct {
 		Name              string     `json:"name"`
+		UID               string     `json:"uid"`
 		DeletionTimestamp *time.Time `json:"deletionTimestamp"`
 		Labels            map[string]string
 	} `json:"metadata"`
@@ -403,17 +408,54 @@ func lastState(lines []line) appState {
 	return s
 }
 
-// terms are the leader lines of an election log: token and time.
-func terms(lines []line) []appState {
-	var out []appState
-	for _, l := range lines {
-		if m := leaderLine.FindStringSubmatch(l.Text); m != nil {
-			tok, _ := strconv.ParseUint(m[1], 10, 64)
-			out = append(out, appState{leading: true, token: tok, at: l.At})
+// stepDown is the election example's line when it ends its term on SIGTERM.
+var stepDown = regexp.MustCompile(`: stepping down: shutting down$`)
+
+// logFile is a container's log file on the node, held open so that it can
+// be read to its end after the pod is gone (a forced delete removes the
+// pod before kubectl logs could read what its containers said last).
+type logFile struct {
+	f  *os.File
+	id string // the container's ID in containerd
+}
+
+// openLog opens the current log file of the container of p.
+func (c *cluster) openLog(t *testing.T, ns string, p pod, container string) *logFile {
+	t.Helper()
+	var id string
+	for _, s := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+		if s.Name == container {
+			id = strings.TrimPrefix(s.ContainerID, "containerd://")
+			path := filepath.Join(c.podLogs, fmt.Sprintf("%s_%s_%s", ns, p.Metadata.Name, p.Metadata.UID), container, fmt.Sprintf("%d.log", s.RestartCount))
+			f, err := os.Open(path)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = f.Close() })
+			return &logFile{f: f, id: id}
 		}
+	}
+	t.Fatalf("pod %s has no container %s", p.Metadata.Name, container)
+	return nil
+}
+
+// lines waits for the container to end (its task gone from containerd)
+// and returns its log, parsed from the CRI format (TIME STREAM TAG TEXT).
+func (l *logFile) lines(t *testing.T, c *cluster) []line {
+	t.Helper()
+	eventually(t, waitTimeout, "container "+l.id+" to end", func() bool {
+		out, err := exec.Command("ctr", "-a", c.containerd, "-n", "k8s.io", "tasks", "ls", "-q").Output()
+		return err == nil && !slices.Contains(strings.Fields(string(out)), l.id)
+	})
+	data, err := io.ReadAll(l.f)
+	require.NoError(t, err)
+	var out []line
+	for _, row := range strings.Split(string(data), "\n") {
+		f := strings.SplitN(row, " ", 4)
+		if len(f) < 4 {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, f[0])
+		require.NoError(t, err, "CRI log line %q", row)
+		out = append(out, line{At: at, Text: f[3]})
 	}
 	return out
 }
-
-// stepDown is the election example's line when it ends its term on SIGTERM.
-var stepDown = regexp.MustCompile(`: stepping down: shutting down$`)

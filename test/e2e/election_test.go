@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os/exec"
@@ -74,16 +75,17 @@ func TestElection(t *testing.T) {
 
 	t.Run("3 forced delete of the leader: no overlap, a leader within the lease", func(t *testing.T) {
 		old := c.settled(t, ns)
-		app := c.follow(t, ns, old.leader, "app")
-		el := c.follow(t, ns, old.leader, "elector")
+		p := c.pod(t, ns, old.leader)
+		app := c.openLog(t, ns, p, "app")
+		el := c.openLog(t, ns, p, "elector")
 		deleted := time.Now()
 		c.must(t, "delete", "pod", "-n", ns, old.leader, "--grace-period=0", "--force")
 		before, _ := c.lease(t, ns, electionLease)
 		next := c.nextHolder(t, ns, electionLease, old.leader)
 		took := next.Spec.AcquireTime.Sub(deleted)
 		t.Logf("measured: forced deletion -> next leader's acquisition %v", took)
-		elLog := electorLog(el.lines(t, waitTimeout))
-		appLines := app.lines(t, waitTimeout)
+		elLog := electorLog(el.lines(t, c))
+		appLines := app.lines(t, c)
 		c.noOverlap(t, before, next, old.leader, elLog, appLines)
 		assert.Less(t, took, leaseDuration+leaseSlack, "someone leads within the lease duration and %v", leaseSlack)
 		assert.Greater(t, next.Spec.LeaseTransitions, old.token)
@@ -121,6 +123,52 @@ func TestElection(t *testing.T) {
 		_, ok := first(electorLog(c.logs(t, ns, old.leader, "elector", false)), "serving", "")
 		assert.True(t, ok, "the restarted elector logged no serving line")
 		c.settled(t, ns)
+	})
+
+	t.Run("6 rolling update: one handover per leader replaced, no overlap", func(t *testing.T) {
+		start := c.settled(t, ns)
+		olds := c.pods(t, ns, electionDeploy)
+		followed := map[string]*follower{}
+		for _, p := range olds {
+			followed[p.Metadata.Name] = c.follow(t, ns, p.Metadata.Name, "app")
+		}
+		c.tagImages(t, "e2e-rollout")
+		c.must(t, "set", "image", "-n", ns, "deployment/"+electionDeploy,
+			"elector=mpsync/elector:e2e-rollout", "app=mpsync/examples:e2e-rollout")
+		c.rollout(t, ns, electionDeploy)
+		end := c.settled(t, ns)
+
+		var all []term
+		for _, p := range c.pods(t, ns, electionDeploy) {
+			_, wasOld := followed[p.Metadata.Name]
+			require.False(t, wasOld, "pod %s was not replaced", p.Metadata.Name)
+			require.Equal(t, "mpsync/elector:e2e-rollout", p.Spec.InitContainers[0].Image)
+			all = append(all, termsOf(p.Metadata.Name, false, c.logs(t, ns, p.Metadata.Name, "app", false))...)
+		}
+		for name, f := range followed {
+			all = append(all, termsOf(name, true, f.lines(t, waitTimeout))...)
+		}
+		// The logs go back before this scenario: keep the terms from the
+		// one that led when the rollout began.
+		all = slices.DeleteFunc(all, func(tm term) bool { return tm.token < start.token })
+		slices.SortFunc(all, func(a, b term) int { return cmp.Compare(a.token, b.token) })
+		var replaced int
+		for i, tm := range all {
+			t.Logf("term %d: %s (old pod: %v) from %s to %s", tm.token, tm.pod, tm.old, tm.from.Format(time.StampMilli), tm.to.Format(time.StampMilli))
+			require.Equal(t, start.token+uint64(i), tm.token, "one term per token, from %d to %d", start.token, end.token)
+			if i == len(all)-1 {
+				break
+			}
+			require.False(t, tm.to.IsZero(), "term %d ended", tm.token)
+			assert.True(t, tm.old, "term %d, which ended, was held by a replaced pod", tm.token)
+			assert.True(t, tm.steppedDown, "term %d ended by stepping down on SIGTERM", tm.token)
+			assert.False(t, all[i+1].from.Before(tm.to), "term %d began at %v, before term %d ended at %v",
+				all[i+1].token, all[i+1].from, tm.token, tm.to)
+			replaced++
+		}
+		assert.Equal(t, end.token-start.token, uint64(replaced), "one handover per leader replaced")
+		assert.GreaterOrEqual(t, replaced, 1, "the first leader was replaced")
+		t.Logf("measured: %d handovers in the rolling update (tokens %d to %d)", replaced, start.token, end.token)
 	})
 }
 
@@ -211,6 +259,42 @@ func (c *cluster) nextHolder(t *testing.T, ns, name, old string) lease {
 		return ok && l.holderPod() != "" && l.holderPod() != old && l.Spec.AcquireTime != nil
 	})
 	return l
+}
+
+// term is one leader term as an election example's log tells it.
+type term struct {
+	pod         string
+	old         bool // the pod was there before the rollout
+	token       uint64
+	from, to    time.Time // to is zero while it leads
+	steppedDown bool
+}
+
+// termsOf reads the terms of one pod's election log.
+func termsOf(pod string, old bool, lines []line) []term {
+	var out []term
+	for _, l := range lines {
+		if m := leaderLine.FindStringSubmatch(l.Text); m != nil {
+			tok, _ := strconv.ParseUint(m[1], 10, 64)
+			out = append(out, term{pod: pod, old: old, token: tok, from: l.At})
+			continue
+		}
+		ended := stepDown.MatchString(l.Text)
+		if n := len(out); n > 0 && out[n-1].to.IsZero() && (ended || strings.Contains(l.Text, "I lost leadership")) {
+			out[n-1].to, out[n-1].steppedDown = l.At, ended
+		}
+	}
+	return out
+}
+
+// tagImages gives the elector and examples images a second tag in the
+// node's containerd, as a new build pushed under a new tag would.
+func (c *cluster) tagImages(t *testing.T, tag string) {
+	t.Helper()
+	for _, img := range []string{"docker.io/mpsync/elector", "docker.io/mpsync/examples"} {
+		out, err := exec.Command("ctr", "-a", c.containerd, "-n", "k8s.io", "images", "tag", "--force", img+":latest", img+":"+tag).CombinedOutput()
+		require.NoError(t, err, "ctr images tag: %s", out)
+	}
 }
 
 // pod reads one pod.
