@@ -100,8 +100,12 @@ var (
 type Holder struct {
 	// Identity of the current holder; empty when the lock is free.
 	Identity string
-	// Token is the current holder's fencing token, or the last holder's
-	// when the lock is free (0 if it was never held).
+	// Token is the current holder's fencing token. When the lock is free
+	// it is no less than the last holder's token and less than the next
+	// holder's: the last holder's, or, from an elector on the memory
+	// backend that has forgotten an unused lock, its latest token of any
+	// lock (0 if it never granted one). Tokens grow with every
+	// acquisition but are not consecutive.
 	Token uint64
 }
 
