@@ -30,6 +30,8 @@ import (
 //     looked at or its timer fires; then it reports the loss at once.
 //   - ValidUntil, read through any derived context, already says the term
 //     is over.
+type testKey struct{}
+
 func TestLeadershipContextAfterPause(t *testing.T) {
 	table, err := fake.NewTable(time.Hour)
 	require.NoError(t, err)
@@ -46,7 +48,7 @@ func TestLeadershipContextAfterPause(t *testing.T) {
 
 	derived, cancel := context.WithTimeout(held, time.Hour)
 	defer cancel()
-	valued := context.WithValue(held, struct{}{}, "v")
+	valued := context.WithValue(held, testKey{}, "v")
 	require.NoError(t, derived.Err())
 
 	past := time.Now().Add(-time.Millisecond)
