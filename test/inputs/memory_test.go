@@ -62,27 +62,40 @@ func useName(ctx context.Context, hc *http.Client, base, name string) error {
 	if err := expect(ctx, hc, "GET", base+"/v1/locks/"+name+"/watch", "", firstLine); err != nil {
 		return err
 	}
-	var session string
 	hold := func(r *bufio.Reader) error {
-		line, err := r.ReadBytes('\n')
+		ev, err := nextOf(r, transport.EventAcquired)
 		if err != nil {
 			return err
 		}
-		var ev transport.Event
-		if err := json.Unmarshal(line, &ev); err != nil || ev.Type != transport.EventAcquired {
-			return fmt.Errorf("first acquire line %q", line)
-		}
-		session = ev.Session
-		if err := expect(ctx, hc, "POST", base+"/v1/locks/"+name+"/release", `{"session":"`+session+`"}`, func(*bufio.Reader) error { return nil }); err != nil {
+		if err := expect(ctx, hc, "POST", base+"/v1/locks/"+name+"/release", `{"session":"`+ev.Session+`"}`, func(*bufio.Reader) error { return nil }); err != nil {
 			return err
 		}
-		line, err = r.ReadBytes('\n')
-		if err != nil || !strings.Contains(string(line), transport.EventReleased) {
-			return fmt.Errorf("after release: %q, %v", line, err)
-		}
-		return nil
+		_, err = nextOf(r, transport.EventReleased)
+		return err
 	}
 	return expect(ctx, hc, "POST", base+"/v1/locks/"+name+"/acquire", `{"identity":"flood"}`, hold)
+}
+
+// nextOf reads stream lines up to the first of type want, skipping the
+// lines of other types that readers must ignore (heartbeats, waiting), and
+// failing on a loss or an error line.
+func nextOf(r *bufio.Reader, want string) (transport.Event, error) {
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return transport.Event{}, fmt.Errorf("stream ended before a %s line: %w", want, err)
+		}
+		var ev transport.Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return transport.Event{}, fmt.Errorf("stream line %q: %w", line, err)
+		}
+		switch ev.Type {
+		case want:
+			return ev, nil
+		case transport.EventLost, transport.EventError:
+			return transport.Event{}, fmt.Errorf("stream line %q, want %s", line, want)
+		}
+	}
 }
 
 // expect sends a request, wants 200, hands the body to read, then closes
