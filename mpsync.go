@@ -30,10 +30,22 @@
 // carries a fencing token (see FencingToken and Event.Token), strictly
 // greater than that of every earlier acquisition of the same lock; a
 // storage layer that remembers the highest token it has seen can reject
-// writes from a stale holder. A leadership context checks the local
-// deadline whenever its Done or Err is called, so a process resumed after
-// a pause sees its term over at once; ValidUntil tells how long the
-// current term may last without another renewal.
+// writes from a stale holder.
+//
+// After a pause past the local deadline (SIGSTOP, a stopped VM, a long GC),
+// the leadership context itself reports the loss at once: its Done and Err
+// check the deadline on every call, before its timer has had a chance to
+// run, and so does a context derived from it with context.WithValue. A
+// context derived with context.WithTimeout, WithDeadline or WithCancel
+// keeps its own state, which package context sets only when the parent is
+// cancelled: for a moment after the pause it may still report Err() == nil,
+// until the leadership context's timer runs or anything calls its Done or
+// Err, which ends every context derived from it at once. So check the
+// leadership context itself (held.Err()), not a context derived from it,
+// right before acting on what the lock protects; ValidUntil, through any
+// derived context, tells until when the current term may last without
+// another renewal. Even that check cannot cover a pause that falls between
+// it and the action: only the fencing token does.
 //
 // # Transports
 //
@@ -100,8 +112,12 @@ var (
 type Holder struct {
 	// Identity of the current holder; empty when the lock is free.
 	Identity string
-	// Token is the current holder's fencing token, or the last holder's
-	// when the lock is free (0 if it was never held).
+	// Token is the current holder's fencing token. When the lock is free
+	// it is no less than the last holder's token and less than the next
+	// holder's: the last holder's, or, from an elector on the memory
+	// backend that has forgotten an unused lock, its latest token of any
+	// lock (0 if it never granted one). Tokens grow with every
+	// acquisition but are not consecutive.
 	Token uint64
 }
 

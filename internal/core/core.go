@@ -117,7 +117,10 @@ type Request struct {
 }
 
 // Holder is the state of a lock as watchers see it. Identity is empty when
-// the lock is free; Token is then the token of the last holder (0 if none).
+// the lock is free; Token is then no less than the last holder's token and
+// less than the next holder's (0 if nothing was ever held: the memory
+// backend, which forgets unused locks, reports its latest token of any lock
+// for a lock it has forgotten).
 type Holder struct {
 	Identity string
 	Token    uint64

@@ -7,6 +7,16 @@
 // waiters, and watchers that learn of every change of holder. It has no
 // sockets and uses only the standard library's timers, so testing/synctest
 // can drive it.
+//
+// Memory returns: a lock with no holder, no waiter and no watcher is
+// forgotten, so a table that has seen a million names keeps only those in
+// use. Fencing tokens come from one counter for the whole table, so they
+// stay strictly increasing for each lock across that: every acquisition's
+// token is greater than every earlier one's, of any lock; they are not
+// consecutive for one lock. A free lock reports a token no less than its
+// last holder's: that holder's while the table remembers the lock, the
+// table's latest token once it has forgotten it (0 on a table that never
+// granted any).
 package fake
 
 import (
@@ -25,13 +35,15 @@ type Table struct {
 	lease time.Duration
 
 	mu       sync.Mutex
-	locks    map[string]*entry
+	locks    map[string]*entry // only locks in use: see dropIfIdleLocked
+	tokens   uint64            // the latest token granted, of any lock
 	sessions uint64
 	closed   bool
 }
 
 type entry struct {
-	token    uint64 // token of the latest acquisition
+	name     string
+	token    uint64 // token of the latest acquisition; at creation, t.tokens
 	held     *Grant
 	waiters  []*waiter
 	watchers map[chan struct{}]struct{}
@@ -57,10 +69,18 @@ func (t *Table) LeaseDuration() time.Duration { return t.lease }
 func (t *Table) entryLocked(name string) *entry {
 	e := t.locks[name]
 	if e == nil {
-		e = &entry{watchers: make(map[chan struct{}]struct{})}
+		e = &entry{name: name, token: t.tokens, watchers: make(map[chan struct{}]struct{})}
 		t.locks[name] = e
 	}
 	return e
+}
+
+// dropIfIdleLocked forgets e if nobody holds, waits for or watches it.
+// Nothing refers to it then but ended grants, which never touch it again.
+func (t *Table) dropIfIdleLocked(e *entry) {
+	if e.held == nil && len(e.waiters) == 0 && len(e.watchers) == 0 && t.locks[e.name] == e {
+		delete(t.locks, e.name)
+	}
 }
 
 // Acquire takes the lock for req.Identity. If the lock is free and nobody
@@ -122,6 +142,7 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	for i, x := range e.waiters {
 		if x == w {
 			e.waiters = append(e.waiters[:i], e.waiters[i+1:]...)
+			t.dropIfIdleLocked(e)
 			t.mu.Unlock()
 			return nil, ctx.Err()
 		}
@@ -135,7 +156,8 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 }
 
 func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
-	e.token++
+	t.tokens++
+	e.token = t.tokens
 	t.sessions++
 	g := &Grant{
 		t:        t,
@@ -224,6 +246,7 @@ func (t *Table) Watch(ctx context.Context, name string, fn func(core.Holder)) er
 	defer func() {
 		t.mu.Lock()
 		delete(e.watchers, ch)
+		t.dropIfIdleLocked(e)
 		t.mu.Unlock()
 	}()
 
@@ -327,7 +350,7 @@ func (g *Grant) Identity() string { return g.identity }
 func (g *Grant) Session() string { return g.session }
 
 // Token is the fencing token: greater than that of every earlier
-// acquisition of the same lock in this table.
+// acquisition in this table, of this lock or any other.
 func (g *Grant) Token() uint64 { return g.token }
 
 // Validity is how long the holder may act on the lease, counted from when
@@ -394,6 +417,7 @@ func (g *Grant) end(reason error) bool {
 			w.grant <- t.grantLocked(e, w.req)
 		} else {
 			t.notifyLocked(e)
+			t.dropIfIdleLocked(e)
 		}
 	}
 	return true

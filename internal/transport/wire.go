@@ -74,7 +74,8 @@ type RenewResponse struct {
 }
 
 // LockState is the body of GET /v1/locks/{name} and of a legacy GET.
-// Holder is empty when the lock is free; Token is then the last holder's.
+// Holder is empty when the lock is free; Token is then no less than the last
+// holder's (see core.Holder).
 type LockState struct {
 	Name   string `json:"name"`
 	Holder string `json:"holder"`
@@ -107,7 +108,7 @@ type Event struct {
 
 // HolderEvent is a watch stream's state line: {"type":"holder",...}, with
 // both fields always present (Holder "" when the lock is free, Token then
-// the last holder's, 0 if it was never held).
+// no less than the last holder's; see core.Holder).
 type HolderEvent struct {
 	Type   string `json:"type"`
 	Holder string `json:"holder"`

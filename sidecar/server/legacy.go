@@ -46,15 +46,33 @@ func (s *Server) legacyGet(w http.ResponseWriter, r *http.Request, name string) 
 	writeJSON(w, http.StatusOK, transport.LockState{Name: name, Holder: h.Identity, Token: h.Token})
 }
 
+// legacyLockFor returns the legacy lock of name for a PUT, which must call
+// putDone when it ends.
 func (s *Server) legacyLockFor(name string) *legacyLock {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ll := s.legacy[name]
 	if ll == nil {
-		ll = &legacyLock{turn: make(chan struct{}, 1)}
+		ll = &legacyLock{name: name, turn: make(chan struct{}, 1)}
 		s.legacy[name] = ll
 	}
+	ll.puts++
 	return ll
+}
+
+// putDone ends a PUT's use of ll.
+func (s *Server) putDone(ll *legacyLock) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ll.puts--
+	s.dropLegacyLocked(ll)
+}
+
+// dropLegacyLocked forgets ll if it is not held and no PUT uses it.
+func (s *Server) dropLegacyLocked(ll *legacyLock) {
+	if ll.grant == nil && ll.puts == 0 && s.legacy[ll.name] == ll {
+		delete(s.legacy, ll.name)
+	}
 }
 
 // legacyPut serves PUT /locks/{name}. The request body, if any, is read and
@@ -67,6 +85,7 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 		return
 	}
 	ll := s.legacyLockFor(name)
+	defer s.putDone(ll)
 	// Take turns with other PUTs of this name, so that two clients of this
 	// elector (which share its identity) both get 200, not one 200 and one
 	// 409 from racing acquisitions.
@@ -159,5 +178,6 @@ func (s *Server) holdLegacy(ll *legacyLock, g backend.Grant, log *zap.Logger) {
 	if ll.grant == g {
 		ll.grant = nil
 	}
+	s.dropLegacyLocked(ll)
 	s.mu.Unlock()
 }

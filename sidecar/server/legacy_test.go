@@ -1,10 +1,14 @@
 package server
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
@@ -150,4 +154,31 @@ func TestLegacyRevoked(t *testing.T) {
 	if got := e.metric(`mpsync_elector_losses_total{reason="revoked"}`); got != "1" {
 		t.Errorf("revoked losses %s, want 1", got)
 	}
+}
+
+// legacyEntries is how many legacy locks the server remembers.
+func (s *Server) legacyEntries() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.legacy)
+}
+
+// TestLegacyMapShrinks: the server forgets a legacy lock once it is not
+// held and no PUT of it is under way: after the lease ends, after a 409,
+// after a GET.
+func TestLegacyMapShrinks(t *testing.T) {
+	e := newEnv(t, Config{LegacyTTL: core.MinLease})
+	e.acquired("taken", "web-1")
+	for i := range 100 {
+		e.doJSON("PUT", fmt.Sprintf("/locks/legacy-%d", i), "", 200, nil)
+		e.doJSON("GET", fmt.Sprintf("/locks/never-%d", i), "", 404, nil)
+	}
+	e.doJSON("PUT", "/locks/taken", "", 409, nil)
+	require.Equal(t, 100, e.s.legacyEntries(), "the 100 held legacy locks, and nothing for the 409 or the GETs")
+	// The leases end a second after the last PUT; then the map is empty.
+	eventually(t, "legacy locks forgotten after their leases ended", func() bool { return e.s.legacyEntries() == 0 })
+	// A forgotten lock is taken again with a greater token.
+	var st transport.LockState
+	e.doJSON("PUT", "/locks/legacy-0", "", 200, &st)
+	assert.Greater(t, st.Token, uint64(100), "token of legacy-0 taken again")
 }

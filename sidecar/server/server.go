@@ -120,10 +120,13 @@ type Server struct {
 }
 
 // legacyLock is the elector's own hold on a lock taken through the legacy
-// protocol.
+// protocol. It is kept in Server.legacy only while it is held or a PUT of
+// its name is under way, so that the map shrinks back.
 type legacyLock struct {
+	name  string
 	turn  chan struct{} // one slot: PUTs of one name take turns
 	grant backend.Grant // guarded by Server.mu; nil when not held
+	puts  int           // guarded by Server.mu; PUTs between legacyLockFor and putDone
 }
 
 // New returns a Server over cfg.Backend. It registers its metrics, and the

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -33,11 +32,8 @@ func openAcquire(t *testing.T, base, name, identity string) (transport.Event, fu
 	}
 	closeIt := func() { cancel(); resp.Body.Close() }
 	require.Equal(t, http.StatusOK, resp.StatusCode, "acquire %s", name)
-	line, err := bufio.NewReader(resp.Body).ReadBytes('\n')
+	ev, err := nextOf(bufio.NewReader(resp.Body), transport.EventAcquired)
 	require.NoError(t, err)
-	var ev transport.Event
-	require.NoError(t, json.Unmarshal(line, &ev))
-	require.Equal(t, transport.EventAcquired, ev.Type)
 	return ev, closeIt
 }
 
