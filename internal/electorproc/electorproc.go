@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +23,8 @@ import (
 // Process is an elector process that Start started. Its methods are safe
 // for concurrent use.
 type Process struct {
-	// Addr is the host:port it serves on.
+	// Addr is the first host:port it serves on (the "serving" line's
+	// addr).
 	Addr string
 
 	cmd    *exec.Cmd
@@ -31,14 +33,20 @@ type Process struct {
 	err    error // from Wait; valid once exited is closed
 }
 
-// Start runs the elector binary bin with --listen 127.0.0.1:0 and
-// --log-level debug, then args (a flag given again in args wins), and waits
+// Start runs the elector binary bin with --listen 127.0.0.1:0 (unless args
+// give --listen: the elector's --listen adds up, so args then say every
+// address; port 0 picks one port for all) and --log-level debug, then args
+// (a flag given again in args wins), and waits
 // up to timeout for it to serve. If it exits first or does not serve in
 // time, Start kills it and returns an error that includes its log. The
 // caller must end a Process it got with Kill or Stop.
 func Start(bin string, timeout time.Duration, args ...string) (*Process, error) {
 	logs := &logSink{serving: make(chan string, 1)}
-	cmd := exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)...)
+	base := []string{"--log-level", "debug"}
+	if !slices.Contains(args, "--listen") {
+		base = append(base, "--listen", "127.0.0.1:0")
+	}
+	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Stdout = io.Discard
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
