@@ -60,6 +60,7 @@ type config struct {
 	debug         bool
 	clockOffset   time.Duration // fault tests only
 	clockRate     float64       // fault tests only
+	legacyTTL     time.Duration // tests only; 0 means server.DefaultLegacyTTL
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -192,6 +193,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.BoolVar(&cfg.debug, "debug-endpoints", false, "serve POST /debug/revoke/{name}, which takes a lock from its holder as a real loss would (for conformance tests; never in production)")
 	fs.DurationVar(&cfg.clockOffset, "test-clock-offset", 0, "fault tests only: run the kubernetes backend on a clock this `duration` ahead of the machine's")
 	fs.Float64Var(&cfg.clockRate, "test-clock-rate", 1, "fault tests only: run the kubernetes backend on a clock this many times as fast as the machine's (`rate` 0.5 to 2)")
+	fs.DurationVar(&cfg.legacyTTL, "test-legacy-ttl", 0, "tests only: the TTL of locks taken through the legacy protocol, in place of Metaparticle Sync's 30s (`duration`, at least "+core.MinLease.String()+"; 0 means 30s)")
 	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 
@@ -228,6 +230,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	switch {
 	case cfg.leaseDuration < core.MinLease:
 		return config{}, usagef("--lease-duration %v is shorter than the minimum %v", cfg.leaseDuration, core.MinLease)
+	case cfg.legacyTTL != 0 && cfg.legacyTTL < core.MinLease:
+		return config{}, usagef("--test-legacy-ttl %v is shorter than the minimum %v", cfg.legacyTTL, core.MinLease)
 	case cfg.identity == "":
 		return config{}, usagef("--identity is empty and neither $POD_NAME nor the host name gives one")
 	case len(cfg.listen) == 0:
@@ -351,10 +355,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	}
 	srv, err := server.New(server.Config{
-		Backend:  b,
-		Identity: cfg.identity,
-		Logger:   log,
-		Debug:    cfg.debug,
+		Backend:   b,
+		Identity:  cfg.identity,
+		LegacyTTL: cfg.legacyTTL,
+		Logger:    log,
+		Debug:     cfg.debug,
 	})
 	if err != nil {
 		_ = b.Close(context.Background())

@@ -149,6 +149,7 @@ func TestRunExitStatus(t *testing.T) {
 		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "json, console"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, 2, "log-level"},
 		{"bad listen", []string{"--listen", "nowhere"}, nil, 2, `invalid value "nowhere" for flag -listen`},
+		{"short legacy TTL", []string{"--test-legacy-ttl", "10ms"}, nil, 2, "--test-legacy-ttl"},
 		{"bad second listen", []string{"--listen", "127.0.0.1:0,[::1]:x"}, nil, 2, `invalid value "127.0.0.1:0,[::1]:x" for flag -listen: "[::1]:x": port "x" is not a number`},
 		{"bad env", nil, map[string]string{"MPSYNC_DEBUG_ENDPOINTS": "maybe"}, 2, "MPSYNC_DEBUG_ENDPOINTS"},
 		{"empty identity", []string{"--identity", ""}, nil, 2, "--identity"},
