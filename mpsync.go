@@ -50,7 +50,7 @@
 // # Transports
 //
 // Locks and elections talk to a Transport. By default that is the HTTP
-// transport to the elector at $MPSYNC_ELECTOR, else http://127.0.0.1:13131
+// transport to the elector at $MPSYNC_ELECTOR, else http://localhost:13131
 // (see WithElector). Unit tests use the in-memory elector of package
 // mpsynctest through WithTransport.
 package mpsync
@@ -176,7 +176,7 @@ type config struct {
 
 // DefaultElector is the elector address used when neither WithElector,
 // WithTransport nor $MPSYNC_ELECTOR says otherwise.
-const DefaultElector = "http://127.0.0.1:13131"
+const DefaultElector = "http://localhost:13131"
 
 // WithTransport makes the Lock or Election use t instead of the HTTP
 // transport to an elector.

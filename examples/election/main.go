@@ -8,7 +8,7 @@
 //
 //	election [-name test] [-identity ID] [-elector ADDR]
 //
-// The elector is ADDR, else $MPSYNC_ELECTOR, else http://127.0.0.1:13131.
+// The elector is ADDR, else $MPSYNC_ELECTOR, else http://localhost:13131.
 // Failures to reach the elector are logged to standard error while the
 // election keeps retrying.
 package main

@@ -8,7 +8,7 @@
 //	lock [-name test] [-hold 45s] [-rounds 1] [-identity ID] [-elector ADDR]
 //
 // -rounds 0 repeats forever. The elector is ADDR, else $MPSYNC_ELECTOR,
-// else http://127.0.0.1:13131. SIGINT or SIGTERM releases the lock, if
+// else http://localhost:13131. SIGINT or SIGTERM releases the lock, if
 // held, and exits.
 package main
 

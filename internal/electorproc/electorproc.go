@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +23,8 @@ import (
 // Process is an elector process that Start started. Its methods are safe
 // for concurrent use.
 type Process struct {
-	// Addr is the host:port it serves on.
+	// Addr is the first host:port it serves on (the "serving" line's
+	// addr).
 	Addr string
 
 	cmd    *exec.Cmd
@@ -31,23 +33,34 @@ type Process struct {
 	err    error // from Wait; valid once exited is closed
 }
 
-// Start runs the elector binary bin with --listen 127.0.0.1:0 and
-// --log-level debug, then args (a flag given again in args wins), and waits
+// Start runs the elector binary bin with --listen 127.0.0.1:0 (unless args
+// give --listen: the elector's --listen adds up, so args then say every
+// address; port 0 picks one port for all) and --log-level debug, then args
+// (a flag given again in args wins), and waits
 // up to timeout for it to serve. If it exits first or does not serve in
 // time, Start kills it and returns an error that includes its log. The
 // caller must end a Process it got with Kill or Stop.
 func Start(bin string, timeout time.Duration, args ...string) (*Process, error) {
-	return start(exec.Command(bin, append(defaultArgs(), args...)...), timeout)
+	return start(exec.Command(bin, append(defaultArgs(args), args...)...), timeout)
 }
 
 // StartNofile is Start with the process's descriptor limit (RLIMIT_NOFILE,
 // soft and hard) set to nofile, as `ulimit -n` in a shell would.
 func StartNofile(bin string, nofile uint64, timeout time.Duration, args ...string) (*Process, error) {
 	script := fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile)
-	return start(exec.Command("sh", append([]string{"-c", script, bin}, append(defaultArgs(), args...)...)...), timeout)
+	return start(exec.Command("sh", append([]string{"-c", script, bin}, append(defaultArgs(args), args...)...)...), timeout)
 }
 
-func defaultArgs() []string { return []string{"--listen", "127.0.0.1:0", "--log-level", "debug"} }
+// defaultArgs are the flags Start gives before args: --log-level debug, and
+// --listen 127.0.0.1:0 unless args give --listen (the elector's --listen
+// adds up, so args then say every address).
+func defaultArgs(args []string) []string {
+	base := []string{"--log-level", "debug"}
+	if !slices.Contains(args, "--listen") {
+		base = append(base, "--listen", "127.0.0.1:0")
+	}
+	return base
+}
 
 func start(cmd *exec.Cmd, timeout time.Duration) (*Process, error) {
 	logs := &logSink{serving: make(chan string, 1)}

@@ -227,28 +227,62 @@ func closeReserve(w http.ResponseWriter, r *http.Request) {
 // Listener returns ln with the connection limit of the Server's Limits:
 // MaxConnections connections, then the reserve, then a bare 503 with a
 // JSON error body and Connection: close for each connection past those,
-// counted in mpsync_elector_refusals_total{limit="connections"}. Serve it
-// with the http.Server of HTTPServer, which tells reserve connections
-// apart. Closing it waits for the refusals under way (at most a second).
+// counted in mpsync_elector_refusals_total{limit="connections"}. Every
+// Listener of one Server draws on the same limit, so that serving two
+// addresses does not double it. Serve it with the http.Server of
+// HTTPServer, which tells reserve connections apart. Closing it waits for
+// its refusals under way (at most a second).
 func (s *Server) Listener(ln net.Listener) net.Listener {
-	return &limitListener{
-		Listener: ln,
-		max:      s.cfg.Limits.MaxConnections,
-		reserve:  ReserveFor(s.cfg.Limits.MaxConnections),
-		m:        s.lm,
+	return &limitListener{Listener: ln, b: s.conns}
+}
+
+// connBudget is the connection limit that a Server's listeners share.
+type connBudget struct {
+	max, reserve int
+	m            *limitMetrics
+	refusers     *semaphore.Weighted // lingering refusals
+
+	mu   sync.Mutex
+	open int
+}
+
+func newConnBudget(l Limits, m *limitMetrics) *connBudget {
+	return &connBudget{
+		max:      l.MaxConnections,
+		reserve:  ReserveFor(l.MaxConnections),
+		m:        m,
 		refusers: semaphore.NewWeighted(refusers),
 	}
 }
 
+// take counts one more connection: an ordinary one, one of the reserve, or
+// (ok false) none, past both.
+func (b *connBudget) take() (reserve, ok bool) {
+	b.mu.Lock()
+	open := b.open
+	if open < b.max+b.reserve {
+		b.open++
+	}
+	b.mu.Unlock()
+	if open >= b.max+b.reserve {
+		return false, false
+	}
+	b.m.connections.Inc()
+	return open >= b.max, true
+}
+
+// put gives back a connection take counted.
+func (b *connBudget) put() {
+	b.mu.Lock()
+	b.open--
+	b.mu.Unlock()
+	b.m.connections.Dec()
+}
+
 type limitListener struct {
 	net.Listener
-	max, reserve int
-	m            *limitMetrics
-	refusers     *semaphore.Weighted
-	refusing     sync.WaitGroup
-
-	mu   sync.Mutex
-	open int
+	b        *connBudget
+	refusing sync.WaitGroup
 }
 
 // Accept returns the next connection within the limit, refusing those past
@@ -259,19 +293,12 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		open := l.open
-		if open < l.max+l.reserve {
-			l.open++
-		}
-		l.mu.Unlock()
+		reserve, ok := l.b.take()
 		switch {
-		case open < l.max:
-			l.m.connections.Inc()
-			return &limitConn{Conn: c, l: l}, nil
-		case open < l.max+l.reserve:
-			l.m.connections.Inc()
-			return &limitConn{Conn: c, l: l, reserveUntil: time.Now().Add(reserveReadTimeout)}, nil
+		case ok && !reserve:
+			return &limitConn{Conn: c, b: l.b}, nil
+		case ok:
+			return &limitConn{Conn: c, b: l.b, reserveUntil: time.Now().Add(reserveReadTimeout)}, nil
 		}
 		l.refuse(c)
 	}
@@ -291,8 +318,8 @@ var refuseBody = func() string {
 // client would send). With refusers already lingering it writes and closes
 // at once.
 func (l *limitListener) refuse(c net.Conn) {
-	l.m.refusals.WithLabelValues(limitConnections).Inc()
-	if !l.refusers.TryAcquire(1) {
+	l.b.m.refusals.WithLabelValues(limitConnections).Inc()
+	if !l.b.refusers.TryAcquire(1) {
 		// No lingering: write (a fresh socket's buffer takes it at once,
 		// and the deadline bounds the accept loop's wait) and close.
 		_ = c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
@@ -303,7 +330,7 @@ func (l *limitListener) refuse(c net.Conn) {
 	l.refusing.Add(1)
 	go func() {
 		defer l.refusing.Done()
-		defer l.refusers.Release(1)
+		defer l.b.refusers.Release(1)
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(refuseLinger))
 		if _, err := c.Write([]byte(refuseBody)); err != nil {
@@ -331,19 +358,14 @@ func (l *limitListener) Close() error {
 // limitConn is a connection counted against the limit until it closes.
 type limitConn struct {
 	net.Conn
-	l            *limitListener
+	b            *connBudget
 	reserveUntil time.Time // zero for an ordinary connection
 	once         sync.Once
 }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		c.l.open--
-		c.l.mu.Unlock()
-		c.l.m.connections.Dec()
-	})
+	c.once.Do(c.b.put)
 	return err
 }
 

@@ -102,6 +102,7 @@ type Server struct {
 	m       *metrics
 	metrics http.Handler
 	lm      *limitMetrics
+	conns   *connBudget // shared by every Listener
 	slots   streamSlots
 
 	stopCtx context.Context // cancelled when Shutdown starts
@@ -193,6 +194,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.slots = newStreamSlots(cfg.Limits)
+	s.conns = newConnBudget(cfg.Limits, s.lm)
 	s.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)})
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	return s, nil

@@ -1,6 +1,6 @@
 // Command elector is mpsync's sidecar: it keeps locks in a coordination
 // backend on behalf of the processes of its pod, which talk to it over HTTP
-// on 127.0.0.1:13131 with the v1 protocol (the Go SDK) or Metaparticle Sync's legacy
+// on localhost:13131 (127.0.0.1 and ::1) with the v1 protocol (the Go SDK) or Metaparticle Sync's legacy
 // protocol (the Metaparticle JavaScript, Python, Java and .NET clients).
 // PROTOCOL.md documents both; `elector --help` lists the flags.
 //
@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -45,7 +44,7 @@ func main() {
 // config is the parsed command line.
 type config struct {
 	backend       string
-	listen        string
+	listen        []string // validated; "localhost:P" not yet expanded
 	identity      string
 	namespace     string
 	kubeconfig    string
@@ -60,6 +59,7 @@ type config struct {
 	maxConns      int           // 0: derived from the descriptor limit
 	maxStreams    int           // 0: derived from --max-connections or the descriptor limit
 	shutdownLimit time.Duration // 0: shutdownBudget of the locks held at SIGTERM
+	legacyTTL     time.Duration // tests only; 0 means server.DefaultLegacyTTL
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -206,13 +206,16 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 
 	cfg := config{logLevel: zapcore.InfoLevel, kubeQPS: kube.DefaultQPS, kubeBurst: kube.DefaultBurst}
+	listen := &listenValue{addrs: []string{defaultListen}}
 	backendFlag := &choice{val: "memory", allowed: []string{"memory", "kubernetes"}}
 	logFormat := &choice{val: "json", allowed: []string{"json", "console"}}
 
 	fs := flag.NewFlagSet("elector", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Var(backendFlag, "backend", "`kind` of backend keeping the locks: memory (this process only: for one machine, local development, demos) or kubernetes (coordination.k8s.io Lease objects)")
-	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:13131", "`address` to serve HTTP on; keep it on loopback so that only the pod talks to its elector. Port 0 picks a free port; the \"serving\" log line says which")
+	fs.Var(listen, "listen", "`address` to serve HTTP on, host:port; give it more than once, or as a comma list, to serve on several. "+
+		"localhost means both loopback addresses, 127.0.0.1 and ::1 (where the host has IPv6 loopback). Keep it on loopback so that only the pod talks to its elector. "+
+		"Port 0 picks one free port, used on every address; the \"serving\" log line lists them (default "+defaultListen+")")
 	fs.StringVar(&cfg.identity, "identity", identity, "this elector's `name`: the holder of locks taken through the legacy protocol; by default $POD_NAME, else the host name")
 	fs.StringVar(&cfg.namespace, "namespace", namespace, "Kubernetes `namespace` of the Lease objects; by default $POD_NAMESPACE, else \"default\"")
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `file` for the kubernetes backend; empty means the in-cluster service account")
@@ -235,6 +238,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.Var(positiveDuration{&cfg.shutdownLimit}, "shutdown-timeout", "the most `time` SIGTERM may take to end every stream and release every lock. The elector allows what the locks it holds need "+
 		"(1.5s, and on the kubernetes backend 2s more plus the releases past --kube-burst at --kube-qps), up to this; "+
 		"by default what it needs at its capacity (5.1s at the default rate limit and lease). Set terminationGracePeriodSeconds above it")
+	fs.DurationVar(&cfg.legacyTTL, "test-legacy-ttl", 0, "tests only: the TTL of locks taken through the legacy protocol, in place of Metaparticle Sync's 30s (`duration`, at least "+core.MinLease.String()+"; 0 means 30s)")
 	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 
@@ -266,17 +270,17 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 		return config{}, usagef("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	cfg.backend = backendFlag.val
+	cfg.listen = listen.addrs
 	cfg.logFormat = logFormat.val
 	switch {
 	case cfg.leaseDuration < core.MinLease:
 		return config{}, usagef("--lease-duration %v is shorter than the minimum %v", cfg.leaseDuration, core.MinLease)
+	case cfg.legacyTTL != 0 && cfg.legacyTTL < core.MinLease:
+		return config{}, usagef("--test-legacy-ttl %v is shorter than the minimum %v", cfg.legacyTTL, core.MinLease)
 	case cfg.identity == "":
 		return config{}, usagef("--identity is empty and neither $POD_NAME nor the host name gives one")
-	case cfg.listen == "":
+	case len(cfg.listen) == 0:
 		return config{}, usagef("--listen is empty")
-	}
-	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
-		return config{}, usagef("--listen %q: %v", cfg.listen, err)
 	}
 	return cfg, nil
 }
@@ -393,8 +397,10 @@ func newLogger(cfg config, stderr io.Writer) *zap.Logger {
 func openBackend(cfg config, log *zap.Logger) (backend.Backend, error) {
 	switch cfg.backend {
 	case "memory":
-		log.Warn("MEMORY BACKEND: locks live in this elector process only. Processes that share this " +
-			"elector exclude each other; processes using another elector do NOT. Use --backend=kubernetes " +
+		log.Warn("MEMORY BACKEND: locks live in this elector process only, and are gone when it exits or restarts. " +
+			"v1 clients (the SDK) of this elector exclude each other; clients of Metaparticle Sync's legacy protocol " +
+			"(GET/PUT /locks/{name}) all hold their locks in this elector's identity, so they share them and do NOT " +
+			"exclude each other; processes using another elector do NOT exclude these. Use --backend=kubernetes " +
 			"for locks between pods or machines.")
 		return backend.NewMemory(cfg.leaseDuration)
 	case "kubernetes":
@@ -475,11 +481,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	}
 	srv, err := server.New(server.Config{
-		Backend:  b,
-		Identity: cfg.identity,
-		Logger:   log,
-		Debug:    cfg.debug,
-		Limits:   limits,
+		Backend:   b,
+		Identity:  cfg.identity,
+		LegacyTTL: cfg.legacyTTL,
+		Logger:    log,
+		Debug:     cfg.debug,
+		Limits:    limits,
 	})
 	if err != nil {
 		_ = b.Close(context.Background())
@@ -490,17 +497,22 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	ctx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
 
-	ln, err := net.Listen("tcp", cfg.listen)
+	lns, err := listenAll(listenAddrs(cfg.listen, log))
 	if err != nil {
 		_ = b.Close(context.Background())
 		fmt.Fprintf(stderr, "elector: %v\n", err)
 		return 1
 	}
 	hs := srv.HTTPServer()
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(srv.Listener(ln)) }()
+	served := make(chan error, len(lns))
+	var addrs []string
+	for _, ln := range lns {
+		addrs = append(addrs, ln.Addr().String())
+		go func() { served <- hs.Serve(srv.Listener(ln)) }()
+	}
 	log.Info("serving",
-		zap.String("addr", ln.Addr().String()),
+		zap.String("addr", addrs[0]),
+		zap.Strings("addrs", addrs),
 		zap.String("backend", cfg.backend),
 		zap.String("identity", cfg.identity),
 		zap.String("namespace", cfg.namespace),
@@ -548,19 +560,25 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 // probe is `elector probe [healthz|readyz]`: it asks the elector that
 // --listen (or $MPSYNC_LISTEN) names for that endpoint and exits 0 on 200,
-// 1 otherwise. Kubernetes exec probes use it, so that the elector can stay
-// on the pod's loopback, where the kubelet's HTTP probes cannot reach.
+// 1 otherwise. --listen means what it means to the elector, by default
+// localhost:13131: probe tries each address the elector would bind in turn
+// (127.0.0.1, then ::1 where the host has it), an unspecified host through
+// both loopback addresses, and succeeds at the first that answers 200.
+// Kubernetes exec probes use it, so that the elector can stay on the pod's
+// loopback, where the kubelet's HTTP probes cannot reach.
 func probe(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("elector probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:13131", "`address` the elector serves on [$MPSYNC_LISTEN]")
+	listen := &listenValue{addrs: []string{defaultListen}}
+	fs.Var(listen, "listen", "`address` the elector serves on, as the elector's --listen [$MPSYNC_LISTEN]")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	given := false
-	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "listen" })
-	if v := getenv(envName("listen")); v != "" && !given {
-		*listen = v
+	if v := getenv(envName("listen")); v != "" && !listen.set {
+		if err := listen.Set(v); err != nil {
+			fmt.Fprintf(stderr, "elector probe: $MPSYNC_LISTEN: %v\n", err)
+			return 2
+		}
 	}
 	endpoint := "readyz"
 	switch fs.NArg() {
@@ -575,25 +593,14 @@ func probe(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "elector probe: unknown endpoint %q: healthz or readyz\n", endpoint)
 		return 2
 	}
-	host, port, err := net.SplitHostPort(*listen)
-	if err != nil {
-		fmt.Fprintf(stderr, "elector probe: --listen %q: %v\n", *listen, err)
-		return 2
+	var errs []error
+	for _, addr := range probeAddrs(listen.addrs, hasIPv6Loopback()) {
+		err := probeOnce(addr, endpoint)
+		if err == nil {
+			return 0
+		}
+		errs = append(errs, err)
 	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	c := http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/" + endpoint)
-	if err != nil {
-		fmt.Fprintf(stderr, "elector probe: %v\n", err)
-		return 1
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "elector probe: %s: %s %s\n", endpoint, resp.Status, strings.TrimSpace(string(body)))
-		return 1
-	}
-	return 0
+	fmt.Fprintf(stderr, "elector probe: %v\n", errors.Join(errs...))
+	return 1
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -56,7 +57,7 @@ func TestParseFlags(t *testing.T) {
 		want func(c config) bool
 	}{
 		{"defaults", nil, nil, func(c config) bool {
-			return c.backend == "memory" && c.listen == "127.0.0.1:13131" && c.identity == host &&
+			return c.backend == "memory" && slices.Equal(c.listen, []string{"localhost:13131"}) && c.identity == host &&
 				c.namespace == "default" && c.leaseDuration == 15*time.Second && c.logFormat == "json" &&
 				c.logLevel == zapcore.InfoLevel && !c.debug && c.kubeconfig == "" &&
 				c.kubeQPS == kube.DefaultQPS && c.kubeBurst == kube.DefaultBurst
@@ -70,13 +71,28 @@ func TestParseFlags(t *testing.T) {
 			"MPSYNC_KUBECONFIG": "/k", "MPSYNC_NAMESPACE": "ns", "POD_NAME": "ignored",
 			"MPSYNC_KUBE_QPS": "250.5", "MPSYNC_KUBE_BURST": "500",
 		}, func(c config) bool {
-			return c.listen == "127.0.0.1:9" && c.identity == "me" && c.leaseDuration == 3*time.Second &&
+			return slices.Equal(c.listen, []string{"127.0.0.1:9"}) && c.identity == "me" && c.leaseDuration == 3*time.Second &&
 				c.logFormat == "console" && c.logLevel == zapcore.DebugLevel && c.debug && c.kubeconfig == "/k" && c.namespace == "ns" &&
 				c.kubeQPS == 250.5 && c.kubeBurst == 500
 		}},
 		{"flag wins over env", []string{"--listen", "127.0.0.1:8", "--lease-duration=2s"},
 			map[string]string{"MPSYNC_LISTEN": "127.0.0.1:9", "MPSYNC_LEASE_DURATION": "not looked at"},
-			func(c config) bool { return c.listen == "127.0.0.1:8" && c.leaseDuration == 2*time.Second }},
+			func(c config) bool {
+				return slices.Equal(c.listen, []string{"127.0.0.1:8"}) && c.leaseDuration == 2*time.Second
+			}},
+		{"listen twice", []string{"--listen", "127.0.0.1:8", "--listen=[::1]:8"}, nil,
+			func(c config) bool { return slices.Equal(c.listen, []string{"127.0.0.1:8", "[::1]:8"}) }},
+		{"listen as a comma list", []string{"--listen", "127.0.0.1:0, [::1]:0,localhost:7"}, nil,
+			func(c config) bool { return slices.Equal(c.listen, []string{"127.0.0.1:0", "[::1]:0", "localhost:7"}) }},
+		{"listen list from env", nil, map[string]string{"MPSYNC_LISTEN": "127.0.0.1:9,[::1]:9"},
+			func(c config) bool { return slices.Equal(c.listen, []string{"127.0.0.1:9", "[::1]:9"}) }},
+		{"listen: no port", []string{"--listen", "127.0.0.1"}, nil, nil},
+		{"listen: bad port", []string{"--listen", "127.0.0.1:http"}, nil, nil},
+		{"listen: port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, nil},
+		{"listen: a host name", []string{"--listen", "example.com:13131"}, nil, nil},
+		{"listen: empty item", []string{"--listen", "127.0.0.1:1,"}, nil, nil},
+		{"listen: garbage in the second", []string{"--listen", "127.0.0.1:1", "--listen", "::1:2"}, nil, nil},
+		{"listen: garbage in env", nil, map[string]string{"MPSYNC_LISTEN": "127.0.0.1:1,nowhere"}, nil},
 		{"rate limit flags", []string{"--backend=kubernetes", "--kube-qps", "400", "--kube-burst=800"}, nil,
 			func(c config) bool { return c.kubeQPS == 400 && c.kubeBurst == 800 }},
 		{"small rate limit", []string{"--kube-qps=0.5", "--kube-burst=1"}, nil,
@@ -135,7 +151,9 @@ func TestRunExitStatus(t *testing.T) {
 		{"bad duration", []string{"--lease-duration", "soon"}, nil, 2, "lease-duration"},
 		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "json, console"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, 2, "log-level"},
-		{"bad listen", []string{"--listen", "nowhere"}, nil, 2, "--listen"},
+		{"bad listen", []string{"--listen", "nowhere"}, nil, 2, `invalid value "nowhere" for flag -listen`},
+		{"short legacy TTL", []string{"--test-legacy-ttl", "10ms"}, nil, 2, "--test-legacy-ttl"},
+		{"bad second listen", []string{"--listen", "127.0.0.1:0,[::1]:x"}, nil, 2, `invalid value "127.0.0.1:0,[::1]:x" for flag -listen: "[::1]:x": port "x" is not a number`},
 		{"bad env", nil, map[string]string{"MPSYNC_DEBUG_ENDPOINTS": "maybe"}, 2, "MPSYNC_DEBUG_ENDPOINTS"},
 		{"empty identity", []string{"--identity", ""}, nil, 2, "--identity"},
 		{"kube-qps not a number", []string{"--kube-qps=abc"}, nil, 2, `invalid value "abc" for flag -kube-qps`},
@@ -313,6 +331,7 @@ current-context: x
 type proc struct {
 	cmd    *exec.Cmd
 	addr   string
+	addrs  []string // every address of the "serving" line
 	mu     sync.Mutex
 	logs   bytes.Buffer
 	exited chan struct{}
@@ -334,7 +353,11 @@ func (p *proc) log() string {
 func startElector(t *testing.T, args ...string) *proc {
 	t.Helper()
 	p := &proc{exited: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0], append([]string{"--listen", "127.0.0.1:0", "--identity", "pod-a"}, args...)...)
+	base := []string{"--identity", "pod-a"}
+	if !slices.Contains(args, "--listen") {
+		base = append(base, "--listen", "127.0.0.1:0")
+	}
+	p.cmd = exec.Command(os.Args[0], append(base, args...)...)
 	p.cmd.Env = append(os.Environ(), runAsElector+"=1")
 	p.cmd.Stderr = p
 	if err := p.cmd.Start(); err != nil {
@@ -354,9 +377,12 @@ func startElector(t *testing.T, args ...string) *proc {
 	deadline := time.Now().Add(waitFor)
 	for p.addr == "" {
 		for line := range strings.SplitSeq(p.log(), "\n") {
-			var m struct{ Msg, Addr string }
+			var m struct {
+				Msg, Addr string
+				Addrs     []string
+			}
 			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" {
-				p.addr = m.Addr
+				p.addr, p.addrs = m.Addr, m.Addrs
 			}
 		}
 		select {
@@ -564,6 +590,9 @@ func TestProbe(t *testing.T) {
 		{"two endpoints", []string{"probe", "--listen", addr, "readyz", "healthz"}, noEnv, 200, 2},
 		{"bad address", []string{"probe", "--listen", "nonsense"}, noEnv, 200, 2},
 		{"bad flag", []string{"probe", "--nope"}, noEnv, 200, 2},
+		{"garbage in a list", []string{"probe", "--listen", addr + ",nowhere"}, noEnv, 200, 2},
+		{"garbage in the environment", []string{"probe"}, envOf(map[string]string{"MPSYNC_LISTEN": "nowhere"}), 200, 2},
+		{"the second of a list answers", []string{"probe", "--listen", "127.0.0.1:1," + addr}, noEnv, 200, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -571,6 +600,103 @@ func TestProbe(t *testing.T) {
 			var stderr strings.Builder
 			if got := run(tt.args, tt.env, io.Discard, &stderr); got != tt.want {
 				t.Errorf("run(%q) = %d, want %d; stderr: %s", tt.args, got, tt.want, stderr.String())
+			}
+		})
+	}
+}
+
+// dialOnly is an HTTP client whose every connection goes to ip (whatever
+// the URL's host), over "tcp4" or "tcp6" only: a client where localhost
+// resolves to that one loopback address and that does not fall back to the
+// other.
+func dialOnly(ip string) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	network := "tcp4"
+	if strings.Contains(ip, ":") {
+		network = "tcp6"
+	}
+	return &http.Client{Timeout: waitFor, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			_, port, _ := net.SplitHostPort(addr)
+			return d.DialContext(ctx, network, net.JoinHostPort(ip, port))
+		},
+	}}
+}
+
+// TestServesBothLoopbacks: with --listen localhost:0 (the default's form,
+// on a free port) the elector serves one port on 127.0.0.1 and on ::1, the
+// "serving" line lists both, and a client that can only reach ::1 and one
+// that can only reach 127.0.0.1 are both served, legacy PUTs included.
+func TestServesBothLoopbacks(t *testing.T) {
+	if !hasIPv6Loopback() {
+		t.Skip("this host has no IPv6 loopback address") // never the case on the CI machine, which has ::1
+	}
+	p := startElector(t, "--listen", "localhost:0")
+	if len(p.addrs) != 2 {
+		t.Fatalf("serving on %q, want 127.0.0.1 and ::1", p.addrs)
+	}
+	_, port, _ := net.SplitHostPort(p.addrs[0])
+	for i, want := range []string{"127.0.0.1:" + port, "[::1]:" + port} {
+		if p.addrs[i] != want {
+			t.Errorf("address %d: %q, want %q (one port on both)", i, p.addrs[i], want)
+		}
+	}
+	for _, c := range []struct{ network, host string }{{"tcp6", "[::1]"}, {"tcp4", "127.0.0.1"}} {
+		hc := dialOnly(strings.Trim(c.host, "[]"))
+		// The URL says localhost, as Metaparticle Sync's clients say it.
+		url := "http://localhost:" + port + "/locks/shared"
+		req, _ := http.NewRequest(http.MethodPut, url, nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s only: PUT %s: %v", c.network, url, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s only: PUT %s = %s, want 200", c.network, url, resp.Status)
+		}
+		if got := run([]string{"probe", "--listen", c.host + ":" + port}, envOf(nil), io.Discard, io.Discard); got != 0 {
+			t.Errorf("probe of %s:%s = %d, want 0", c.host, port, got)
+		}
+	}
+}
+
+// TestProbeFallsBackToIPv6: an elector that only ::1 serves passes the
+// probe of the default form localhost:PORT, which tries 127.0.0.1 first.
+func TestProbeFallsBackToIPv6(t *testing.T) {
+	if !hasIPv6Loopback() {
+		t.Skip("this host has no IPv6 loopback address")
+	}
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	var stderr strings.Builder
+	if got := run([]string{"probe", "--listen", "localhost:" + port}, envOf(nil), io.Discard, &stderr); got != 0 {
+		t.Errorf("probe localhost:%s with only ::1 serving = %d, want 0; %s", port, got, stderr.String())
+	}
+}
+
+func TestExpandListen(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []string
+		ipv6 bool
+		want []string
+	}{
+		{"localhost with IPv6", []string{"localhost:13131"}, true, []string{"127.0.0.1:13131", "[::1]:13131"}},
+		{"localhost without IPv6", []string{"localhost:13131"}, false, []string{"127.0.0.1:13131"}},
+		{"literals kept, duplicates dropped", []string{"127.0.0.1:1", "localhost:1", "[::1]:2"}, true, []string{"127.0.0.1:1", "[::1]:1", "[::1]:2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := expandListen(tt.in, tt.ipv6); !slices.Equal(got, tt.want) {
+				t.Errorf("expandListen(%q, %v) = %q, want %q", tt.in, tt.ipv6, got, tt.want)
 			}
 		})
 	}
