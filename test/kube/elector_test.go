@@ -33,17 +33,18 @@ type elector struct {
 }
 
 // startElector starts an elector on the kubernetes backend for namespace
-// ns and waits until it serves and is ready. It is stopped (SIGTERM) at the
+// ns, with args after the suite's flags, and waits until it serves and is
+// ready. It is stopped (SIGTERM) at the
 // end of the test.
-func startElector(t *testing.T, ns, id string, lease time.Duration) *elector {
+func startElector(t *testing.T, ns, id string, lease time.Duration, args ...string) *elector {
 	t.Helper()
 	c := needControlPlane(t)
-	p, err := electorproc.Start(electorBin(t), waitFor,
+	p, err := electorproc.Start(electorBin(t), waitFor, append([]string{
 		"--backend", "kubernetes",
 		"--kubeconfig", c.electorKubeconfig,
 		"--namespace", ns,
 		"--identity", id,
-		"--lease-duration", lease.String())
+		"--lease-duration", lease.String()}, args...)...)
 	if err != nil {
 		t.Fatalf("elector %s: %v", id, err)
 	}
