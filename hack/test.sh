@@ -12,6 +12,25 @@ CP_DIR=${CP_DIR:-$(mktemp -d /tmp/mpsync-cp.XXXXXX)}
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# need_runtimes installs, from Debian, the runtimes that run the
+# Metaparticle clients' test programs (test/kube/testdata/legacy) where
+# they are missing: node, python3, a JDK, Mono with System.Net.Http.
+need_runtimes() {
+  local pkgs=()
+  command -v node >/dev/null || pkgs+=(nodejs)
+  command -v python3 >/dev/null || pkgs+=(python3)
+  command -v javac >/dev/null || pkgs+=(default-jdk-headless)
+  command -v mcs >/dev/null || pkgs+=(mono-mcs)
+  command -v mono >/dev/null || pkgs+=(mono-runtime)
+  [ -e /usr/lib/mono/4.5/System.Net.Http.dll ] || pkgs+=(libmono-system-net-http4.0-cil)
+  [ ${#pkgs[@]} -eq 0 ] && return
+  echo "installing ${pkgs[*]} (apt-get)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >&2 ||
+    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >&2; }
+}
+
+step "the Metaparticle clients' runtimes"
+need_runtimes
 step "control plane: build (cached after the first run)"
 hack/controlplane/build.sh
 step "control plane: start in $CP_DIR"
