@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,14 +38,44 @@ const maxLine = 64 << 10
 var errUnknownSession = errors.New("transport: session unknown to the elector")
 
 // Client talks to one elector. Create it with New; it is safe for concurrent
-// use. It keeps idle connections for reuse; CloseIdleConnections drops them.
+// use. Its exchanges share one connection pool. While any exchange is under
+// way (a held lease's stream, a watch, a request), connections that finish
+// stay open for reuse; when the last exchange ends, the Client closes its
+// idle connections, so that a Client with nothing under way holds no
+// connection and no goroutine. Close ends every exchange for good.
 type Client struct {
 	base string // "http://host:port"
 	tr   *http.Transport
 	hc   *http.Client
 	// armed counts the streams whose silence is armed (see Silence).
 	armed atomic.Int64
+
+	// closed ends when Close is called; every stream's request is
+	// derived from it or cancelled with it.
+	closed context.Context
+	close  context.CancelFunc
+
+	mu   sync.Mutex
+	live int // exchanges under way: begun by begin, ended by end
 }
+
+// LockedError is the error of an acquire that the elector refused, without
+// waiting, because the lock is held. It wraps core.ErrLocked.
+type LockedError struct {
+	Name   string // the lock
+	Holder string // its holder as the elector named it; empty if it did not
+}
+
+// Error says who holds the lock, when known.
+func (e *LockedError) Error() string {
+	if e.Holder != "" {
+		return fmt.Sprintf("%v: %q holds %q", core.ErrLocked, e.Holder, e.Name)
+	}
+	return fmt.Sprintf("%v: %q", core.ErrLocked, e.Name)
+}
+
+// Unwrap returns core.ErrLocked.
+func (e *LockedError) Unwrap() error { return core.ErrLocked }
 
 // New returns a client for the elector at addr: "http://127.0.0.1:13131",
 // or "127.0.0.1:13131" meaning the same. It only parses addr; nothing is
@@ -63,6 +94,7 @@ func New(addr string) (*Client, error) {
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
 	}
+	closed, closeFn := context.WithCancel(context.Background())
 	return &Client{
 		base: base,
 		tr:   tr,
@@ -70,6 +102,8 @@ func New(addr string) (*Client, error) {
 			Transport:     tr,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
+		closed: closed,
+		close:  closeFn,
 	}, nil
 }
 
@@ -105,6 +139,42 @@ func (c *Client) Addr() string { return c.base }
 // Streams of live leases and watches are not affected.
 func (c *Client) CloseIdleConnections() { c.tr.CloseIdleConnections() }
 
+// Close ends the Client: later calls fail at once with an error wrapping
+// core.ErrUnavailable and core.ErrClosed; the streams of live leases end,
+// as if the elector had gone away (their Err wraps core.ErrLockLost and
+// core.ErrUnavailable; the elector releases what they held), and watches
+// return such an error; then the idle connections are closed. Close does
+// not wait for the streams' readers to finish. It may be called more than
+// once.
+func (c *Client) Close() {
+	c.close()
+	c.tr.CloseIdleConnections()
+}
+
+// begin counts an exchange as under way, or fails if the Client is closed.
+func (c *Client) begin() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Err() != nil {
+		return fmt.Errorf("%w: %w: the client of the elector at %s was closed", core.ErrUnavailable, core.ErrClosed, c.base)
+	}
+	c.live++
+	return nil
+}
+
+// end counts an exchange begun by begin as over, after its response body
+// was read and closed (a body read to its end has put its connection back
+// in the pool by then). The last one closes the idle connections.
+func (c *Client) end() {
+	c.mu.Lock()
+	c.live--
+	last := c.live == 0
+	c.mu.Unlock()
+	if last {
+		c.tr.CloseIdleConnections()
+	}
+}
+
 func (c *Client) lockURL(name, op string) string {
 	u := c.base + "/v1/locks/" + url.PathEscape(name)
 	if op != "" {
@@ -135,10 +205,7 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 func (c *Client) codeError(eb ErrorBody, status, name string) error {
 	switch eb.Code {
 	case CodeLocked:
-		if eb.Holder != "" {
-			return fmt.Errorf("%w: %q holds %q", core.ErrLocked, eb.Holder, name)
-		}
-		return fmt.Errorf("%w: %q", core.ErrLocked, name)
+		return &LockedError{Name: name, Holder: eb.Holder}
 	case CodeInvalidName:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
 	case CodeLost:
@@ -152,8 +219,22 @@ func (c *Client) codeError(eb ErrorBody, status, name string) error {
 }
 
 // do sends one request with a JSON body (nil for none) and returns the
-// answer if its status is 200.
+// answer if its status is 200. The exchange is counted as under way (see
+// begin) until the caller, done with the answer's body, calls c.end; on an
+// error do has ended it already.
 func (c *Client) do(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
+	if err := c.begin(); err != nil {
+		return nil, err
+	}
+	resp, err := c.send(ctx, method, u, name, body)
+	if err != nil {
+		c.end()
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (c *Client) send(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -190,8 +271,9 @@ func (c *Client) post(ctx context.Context, u, name string, body, out any) error 
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLine))
+	resp.Body.Close()
+	c.end()
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -248,7 +330,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	streamCtx, cancel := context.WithCancel(context.Background())
+	// The stream outlives ctx: it is cancelled with ctx only until the
+	// grant, and with the Client's Close always.
+	streamCtx, cancel := context.WithCancel(c.closed)
 	stopWatching := context.AfterFunc(ctx, cancel)
 
 	resp, err := c.do(streamCtx, http.MethodPost, c.lockURL(name, "acquire"), name, AcquireRequest{Identity: identity, Wait: wait})
@@ -270,6 +354,7 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		quiet.stop()
 		cancel()
 		resp.Body.Close()
+		c.end()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -325,10 +410,15 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 	}
 	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer context.AfterFunc(c.closed, cancel)()
 	resp, err := c.do(streamCtx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return err
 	}
+	defer c.end() // after the body is closed
 	defer resp.Body.Close()
 	quiet := newSilence(cancel, &c.armed)
 	defer quiet.stop()
