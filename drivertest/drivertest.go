@@ -519,12 +519,7 @@ func testEventsClosed(t *testing.T, h Harness) {
 }
 
 func testNoGoroutineLeak(t *testing.T, h Harness) {
-	opts := []goleak.Option{
-		goleak.IgnoreCurrent(),
-		// Idle keep-alive connections of HTTP transports.
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-	}
+	opts := []goleak.Option{goleak.IgnoreCurrent()}
 	name := lockName(t)
 	l := newLock(t, h, name, "a")
 	held, err := l.Lock(ctxTimeout(t))
