@@ -33,8 +33,9 @@ func (r Role) String() string {
 // An Event reports a change in an election, as seen by one candidate.
 type Event struct {
 	// Role is Leader when this candidate has just become leader, and
-	// Follower when it is not leader: at the start, after losing a term,
-	// and whenever the leader it follows changes.
+	// Follower when it is not leader: at the start, after a term ends
+	// (lost, or given up by Resign), and whenever the leader it follows
+	// changes.
 	Role Role
 	// Leader is the identity of the current leader: this candidate's own
 	// for Leader events, and empty if nobody leads.
@@ -49,8 +50,10 @@ type Event struct {
 }
 
 // An Election campaigns for leadership among candidates that share a name.
-// Create it with NewElection, then read Events while Run campaigns. The
-// zero value is not usable; methods are safe for concurrent use.
+// Create it with NewElection, then read Events while Run campaigns; its
+// leader hands over with Resign. To follow who leads without campaigning,
+// use an Observer. The zero value is not usable; methods are safe for
+// concurrent use.
 type Election struct {
 	name    string
 	cfg     *config
@@ -100,8 +103,9 @@ func (e *Election) Events() <-chan Event { return e.events }
 
 // Run campaigns until ctx ends: it takes the lock when it can, emits a
 // Leader event for each term and a Follower event when the term ends, then
-// campaigns again; meanwhile it watches who leads, without polling, and
-// emits a Follower event when that changes. It retries through elector
+// campaigns again (after a Resign, once another candidate has led);
+// meanwhile it watches who leads, without polling, and emits a Follower
+// event when that changes. It retries through elector
 // failures, logging them. When ctx ends, Run releases the lock if held,
 // waits for everything it started, closes Events and returns ctx.Err().
 // Run may be called once; later calls return ErrRunning.
@@ -213,9 +217,9 @@ func (e *Election) campaign(ctx context.Context, in chan<- input) {
 //
 // Resign returns ErrNotHeld, and changes nothing, if this candidate does
 // not lead (Run not started or over, between terms, a term lost) or if
-// another Resign is under way; the error of the release if the release
-// failed (the candidate campaigns again at once; the lease ends at the
-// elector in any case).
+// another Resign is under way. The release is bounded by ctx and by 5
+// seconds; if it fails, Resign returns its error and the candidate
+// campaigns again at once (the lease ends at the elector in any case).
 func (e *Election) Resign(ctx context.Context) error {
 	e.mu.Lock()
 	if e.aside != nil {
