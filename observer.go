@@ -27,6 +27,10 @@ type Observer struct {
 // DNS-1123 subdomain (ErrInvalidName otherwise). It takes the same options
 // as NewElection and does not contact the elector.
 func NewObserver(name string, opts ...Option) (*Observer, error) {
+	// An Observer holds nothing, so it needs no identity: this one only
+	// names it in logs, and spares newConfig a host name that would not
+	// do as one.
+	opts = append([]Option{WithIdentity("observer")}, opts...)
 	cfg, err := newConfig(name, opts)
 	if err != nil {
 		return nil, err
