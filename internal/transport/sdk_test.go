@@ -153,8 +153,30 @@ func TestHTTPTransportClose(t *testing.T) {
 	a := newLock(t, tr, "jobs", "a")
 	held, err := a.Lock(ctxFor(t))
 	require.NoError(t, err)
+	watching := make(chan struct{}, 1)
+	watched := make(chan error, 1)
+	go func() {
+		watched <- tr.Watch(t.Context(), "jobs", func(mpsync.Holder) {
+			select {
+			case watching <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-watching:
+	case <-time.After(patience):
+		require.FailNow(t, "no watch state")
+	}
 
 	require.NoError(t, tr.Close())
+	select {
+	case err := <-watched:
+		assert.ErrorIs(t, err, mpsync.ErrClosed, "the watch's error")
+		assert.ErrorIs(t, err, mpsync.ErrUnavailable, "the watch's error")
+	case <-time.After(patience):
+		require.FailNow(t, "the watch outlived Close")
+	}
 	select {
 	case <-held.Done():
 	case <-time.After(patience):

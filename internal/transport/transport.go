@@ -156,10 +156,15 @@ func (c *Client) begin() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed.Err() != nil {
-		return fmt.Errorf("%w: %w: the client of the elector at %s was closed", core.ErrUnavailable, core.ErrClosed, c.base)
+		return c.closedError()
 	}
 	c.live++
 	return nil
+}
+
+// closedError is the error of an exchange refused or cut by Close.
+func (c *Client) closedError() error {
+	return fmt.Errorf("%w: %w: the client of the elector at %s was closed", core.ErrUnavailable, core.ErrClosed, c.base)
 }
 
 // end counts an exchange begun by begin as over, after its response body
@@ -342,6 +347,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if c.closed.Err() != nil {
+			return nil, c.closedError()
+		}
 		return nil, err
 	}
 	quiet := newSilence(cancel, &c.armed)
@@ -357,6 +365,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		c.end()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if c.closed.Err() != nil {
+			return nil, c.closedError()
 		}
 		return nil, err
 	}
@@ -416,6 +427,9 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if c.closed.Err() != nil {
+			return c.closedError()
+		}
 		return err
 	}
 	defer c.end() // after the body is closed
@@ -428,6 +442,9 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if c.closed.Err() != nil {
+				return c.closedError()
 			}
 			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, quiet.explain(err))
 		}
