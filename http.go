@@ -15,11 +15,8 @@ import (
 // NewHTTPTransport; the zero value is not usable. It is safe for concurrent
 // use, and Locks and Elections may share one.
 //
-// All exchanges of one HTTPTransport share one connection pool. While any
-// exchange is under way, connections that finish stay open for the next
-// one; when the last exchange ends (nothing held, watched or waited for),
-// the HTTPTransport closes its idle connections, so that it holds no
-// connection and no goroutine while unused.
+// All exchanges of one HTTPTransport share one connection pool, which keeps
+// idle connections for reuse until Close or CloseIdleConnections.
 //
 // Locks and Elections made with WithElector, or with the default address,
 // use one HTTPTransport per elector address for the whole process, made on

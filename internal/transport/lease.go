@@ -81,7 +81,6 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 	quiet.stop()
 	l.cancel()
 	body.Close()
-	l.c.end()
 	l.mu.Lock()
 	if l.releasing && !lost {
 		err = nil // our own Release ended it, whatever the stream said last

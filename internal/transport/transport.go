@@ -22,7 +22,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,11 +37,9 @@ const maxLine = 64 << 10
 var errUnknownSession = errors.New("transport: session unknown to the elector")
 
 // Client talks to one elector. Create it with New; it is safe for concurrent
-// use. Its exchanges share one connection pool. While any exchange is under
-// way (a held lease's stream, a watch, a request), connections that finish
-// stay open for reuse; when the last exchange ends, the Client closes its
-// idle connections, so that a Client with nothing under way holds no
-// connection and no goroutine. Close ends every exchange for good.
+// use. Its exchanges share one connection pool, which keeps idle
+// connections for reuse; CloseIdleConnections drops them, and Close ends
+// every exchange for good.
 type Client struct {
 	base string // "http://host:port"
 	tr   *http.Transport
@@ -54,9 +51,6 @@ type Client struct {
 	// derived from it or cancelled with it.
 	closed context.Context
 	close  context.CancelFunc
-
-	mu   sync.Mutex
-	live int // exchanges under way: begun by begin, ended by end
 }
 
 // LockedError is the error of an acquire that the elector refused, without
@@ -143,41 +137,28 @@ func (c *Client) CloseIdleConnections() { c.tr.CloseIdleConnections() }
 // core.ErrUnavailable and core.ErrClosed; the streams of live leases end,
 // as if the elector had gone away (their Err wraps core.ErrLockLost and
 // core.ErrUnavailable; the elector releases what they held), and watches
-// return such an error; then the idle connections are closed. Close does
-// not wait for the streams' readers to finish. It may be called more than
-// once.
+// return such an error; then the idle connections are closed. A renew or
+// release under way finishes, bounded by its own context, and closes its
+// connection. Close does not wait for the streams' readers to finish. It
+// may be called more than once.
 func (c *Client) Close() {
 	c.close()
 	c.tr.CloseIdleConnections()
 }
 
-// begin counts an exchange as under way, or fails if the Client is closed.
-func (c *Client) begin() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// dropIfClosed closes the idle connections if Close has been called: a
+// request that was under way at Close may have put its connection back in
+// the pool after Close closed the idle ones. Call it once the request's
+// body has been read and closed.
+func (c *Client) dropIfClosed() {
 	if c.closed.Err() != nil {
-		return c.closedError()
+		c.tr.CloseIdleConnections()
 	}
-	c.live++
-	return nil
 }
 
 // closedError is the error of an exchange refused or cut by Close.
 func (c *Client) closedError() error {
 	return fmt.Errorf("%w: %w: the client of the elector at %s was closed", core.ErrUnavailable, core.ErrClosed, c.base)
-}
-
-// end counts an exchange begun by begin as over, after its response body
-// was read and closed (a body read to its end has put its connection back
-// in the pool by then). The last one closes the idle connections.
-func (c *Client) end() {
-	c.mu.Lock()
-	c.live--
-	last := c.live == 0
-	c.mu.Unlock()
-	if last {
-		c.tr.CloseIdleConnections()
-	}
 }
 
 func (c *Client) lockURL(name, op string) string {
@@ -224,22 +205,11 @@ func (c *Client) codeError(eb ErrorBody, status, name string) error {
 }
 
 // do sends one request with a JSON body (nil for none) and returns the
-// answer if its status is 200. The exchange is counted as under way (see
-// begin) until the caller, done with the answer's body, calls c.end; on an
-// error do has ended it already.
+// answer if its status is 200. After Close it fails at once.
 func (c *Client) do(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
-	if err := c.begin(); err != nil {
-		return nil, err
+	if c.closed.Err() != nil {
+		return nil, c.closedError()
 	}
-	resp, err := c.send(ctx, method, u, name, body)
-	if err != nil {
-		c.end()
-		return nil, err
-	}
-	return resp, nil
-}
-
-func (c *Client) send(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -263,6 +233,7 @@ func (c *Client) send(ctx context.Context, method, u, name string, body any) (*h
 		return nil, c.unreachable(err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		defer c.dropIfClosed()
 		defer resp.Body.Close()
 		return nil, c.answerError(resp, name)
 	}
@@ -276,9 +247,9 @@ func (c *Client) post(ctx context.Context, u, name string, body, out any) error 
 	if err != nil {
 		return err
 	}
+	defer c.dropIfClosed()
+	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLine))
-	resp.Body.Close()
-	c.end()
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -362,7 +333,6 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		quiet.stop()
 		cancel()
 		resp.Body.Close()
-		c.end()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -432,7 +402,6 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 		}
 		return err
 	}
-	defer c.end() // after the body is closed
 	defer resp.Body.Close()
 	quiet := newSilence(cancel, &c.armed)
 	defer quiet.stop()
