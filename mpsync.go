@@ -112,9 +112,9 @@ var (
 	// ErrRunning is returned by Run on an Election or Observer that is
 	// already running or has run.
 	ErrRunning = core.ErrRunning
-	// ErrClosed is wrapped, with ErrUnavailable, in the errors of a
-	// transport that was closed: an HTTPTransport after Close, or an
-	// mpsynctest.Elector after its Close.
+	// ErrClosed is wrapped in the errors of a transport that was closed:
+	// an HTTPTransport after Close (with ErrUnavailable), or the
+	// transport of an mpsynctest.Elector after its Close.
 	ErrClosed = core.ErrClosed
 	// ErrResigned is the context.Cause of a leadership context ended by
 	// Election.Resign.

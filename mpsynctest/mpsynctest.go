@@ -8,7 +8,10 @@
 //	defer f.Close()
 //	lock, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()))
 //
-// It does not import package testing.
+// Its transport answers as the elector's does: a refused TryLock is a
+// *mpsync.LockedError naming the holder, and after Close requests fail
+// with errors wrapping mpsync.ErrClosed. It does not import package
+// testing.
 package mpsynctest
 
 import (
