@@ -48,7 +48,7 @@ func (l *Lock) Identity() string { return l.cfg.identity }
 // ctx.Err() and holds nothing). It returns the leadership context, derived
 // from ctx, which ends when the lock is lost (context.Cause wraps
 // ErrLockLost), on Unlock (the cause is ErrUnlocked), or when ctx ends,
-// which releases the lock. It also ends on its own at the local validity
+// which releases the lock (a release bounded by 5 seconds, as Unlock's). It also ends on its own at the local validity
 // deadline if no renewal arrives in time, whatever the transport does.
 // While the context lasts, the Lock renews the lease in the background.
 //
