@@ -33,8 +33,9 @@ func (r Role) String() string {
 // An Event reports a change in an election, as seen by one candidate.
 type Event struct {
 	// Role is Leader when this candidate has just become leader, and
-	// Follower when it is not leader: at the start, after losing a term,
-	// and whenever the leader it follows changes.
+	// Follower when it is not leader: at the start, after a term ends
+	// (lost, or given up by Resign), and whenever the leader it follows
+	// changes.
 	Role Role
 	// Leader is the identity of the current leader: this candidate's own
 	// for Leader events, and empty if nobody leads.
@@ -49,13 +50,22 @@ type Event struct {
 }
 
 // An Election campaigns for leadership among candidates that share a name.
-// Create it with NewElection, then read Events while Run campaigns. The
-// zero value is not usable; methods are safe for concurrent use.
+// Create it with NewElection, then read Events while Run campaigns; its
+// leader hands over with Resign. To follow who leads without campaigning,
+// use an Observer. The zero value is not usable; methods are safe for
+// concurrent use.
 type Election struct {
 	name    string
 	cfg     *config
+	lock    *Lock // the campaign's
 	events  chan Event
 	started atomic.Bool
+	stopped chan struct{} // closed when Run returns
+
+	mu      sync.Mutex
+	seen    Holder        // the latest holder the watch reported
+	changed chan struct{} // closed, and replaced, when seen changes
+	aside   chan struct{} // while a Resign stands aside; closed when it ends
 }
 
 // NewElection returns an Election for the lock name, which must be a
@@ -66,7 +76,14 @@ func NewElection(name string, opts ...Option) (*Election, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Election{name: name, cfg: cfg, events: make(chan Event)}, nil
+	return &Election{
+		name:    name,
+		cfg:     cfg,
+		lock:    &Lock{name: name, cfg: cfg},
+		events:  make(chan Event),
+		stopped: make(chan struct{}),
+		changed: make(chan struct{}),
+	}, nil
 }
 
 // Name is the election's name.
@@ -86,8 +103,9 @@ func (e *Election) Events() <-chan Event { return e.events }
 
 // Run campaigns until ctx ends: it takes the lock when it can, emits a
 // Leader event for each term and a Follower event when the term ends, then
-// campaigns again; meanwhile it watches who leads, without polling, and
-// emits a Follower event when that changes. It retries through elector
+// campaigns again (after a Resign, once another candidate has led);
+// meanwhile it watches who leads, without polling, and emits a Follower
+// event when that changes. It retries through elector
 // failures, logging them. When ctx ends, Run releases the lock if held,
 // waits for everything it started, closes Events and returns ctx.Err().
 // Run may be called once; later calls return ErrRunning.
@@ -95,6 +113,7 @@ func (e *Election) Run(ctx context.Context) error {
 	if !e.started.CompareAndSwap(false, true) {
 		return ErrRunning
 	}
+	defer close(e.stopped)
 	defer close(e.events)
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -103,7 +122,13 @@ func (e *Election) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); e.campaign(inner, in) }()
-	go func() { defer wg.Done(); e.watch(inner, in) }()
+	go func() {
+		defer wg.Done()
+		follow(inner, e.cfg, e.name, func(h Holder) {
+			e.observe(h)
+			send(inner, in, input{kind: observed, holder: h})
+		})
+	}()
 	e.deliver(inner, in)
 	cancel()
 	wg.Wait()
@@ -143,7 +168,7 @@ func pause(ctx context.Context, d time.Duration) {
 
 // campaign holds the lock whenever it can until ctx ends.
 func (e *Election) campaign(ctx context.Context, in chan<- input) {
-	lk := &Lock{name: e.name, cfg: e.cfg}
+	lk := e.lock
 	backoff := minBackoff
 	for ctx.Err() == nil {
 		held, err := lk.Lock(ctx)
@@ -166,6 +191,91 @@ func (e *Election) campaign(ctx context.Context, in chan<- input) {
 		}
 		e.cfg.logger.Info("leadership ended", zap.Error(context.Cause(held)))
 		send(ctx, in, input{kind: deposed, token: tok})
+		e.mu.Lock()
+		aside := e.aside
+		e.mu.Unlock()
+		if aside != nil {
+			select { // Resign: campaign again once someone else leads
+			case <-aside:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// Resign hands leadership over without leaving the election: it ends the
+// current term (the leadership context ends with cause ErrResigned), which
+// releases the lock, and a Follower event follows. This candidate then
+// stands aside: it does not campaign again until another candidate has
+// taken the lock, or until ctx ends, so that a waiting candidate gets the
+// lock rather than this one taking it straight back. Resign returns when
+// the stand-aside ends: nil once another candidate leads (or if Run ended
+// meanwhile), ctx.Err() if ctx ended first, with this candidate
+// campaigning again (with no other candidate, it will lead again). Bound
+// ctx by how long the election may go without a leader.
+//
+// Resign returns ErrNotHeld, and changes nothing, if this candidate does
+// not lead (Run not started or over, between terms, a term lost) or if
+// another Resign is under way. The release is bounded by ctx and by 5
+// seconds; if it fails, Resign returns its error and the candidate
+// campaigns again at once (the lease ends at the elector in any case).
+func (e *Election) Resign(ctx context.Context) error {
+	e.mu.Lock()
+	if e.aside != nil {
+		e.mu.Unlock()
+		return ErrNotHeld
+	}
+	aside := make(chan struct{})
+	e.aside = aside
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.aside = nil
+		e.mu.Unlock()
+		close(aside)
+	}()
+
+	e.lock.mu.Lock()
+	t := e.lock.term
+	e.lock.mu.Unlock()
+	if t == nil || t.ctx.Err() != nil {
+		return ErrNotHeld
+	}
+	rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	live, err := e.lock.end(rctx, ErrResigned)
+	cancel()
+	switch {
+	case !live:
+		return ErrNotHeld
+	case err != nil:
+		return err
+	}
+	for {
+		e.mu.Lock()
+		h, changed := e.seen, e.changed
+		e.mu.Unlock()
+		if h.Identity != "" && h.Identity != e.cfg.identity && h.Token > t.ctx.token {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-e.stopped:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// observe records h as the latest holder the watch reported.
+func (e *Election) observe(h Holder) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if h != e.seen {
+		e.seen = h
+		close(e.changed)
+		e.changed = make(chan struct{})
 	}
 }
 
@@ -174,18 +284,20 @@ const (
 	maxBackoff = 2 * time.Second
 )
 
-// watch follows the lock's holder until ctx ends.
-func (e *Election) watch(ctx context.Context, in chan<- input) {
+// follow calls fn with each state of the lock name that cfg's transport's
+// watch reports, until ctx ends, opening the watch again (after a backoff)
+// whenever it fails.
+func follow(ctx context.Context, cfg *config, name string, fn func(Holder)) {
 	backoff := minBackoff
 	for ctx.Err() == nil {
-		err := e.cfg.transport.Watch(ctx, e.name, func(h Holder) {
+		err := cfg.transport.Watch(ctx, name, func(h Holder) {
 			backoff = minBackoff
-			send(ctx, in, input{kind: observed, holder: h})
+			fn(h)
 		})
 		if ctx.Err() != nil {
 			return
 		}
-		e.cfg.logger.Warn("watch failed; retrying", zap.Error(err), zap.Duration("retry", backoff))
+		cfg.logger.Warn("watch failed; retrying", zap.Error(err), zap.Duration("retry", backoff))
 		pause(ctx, backoff)
 		backoff = min(2*backoff, maxBackoff)
 	}

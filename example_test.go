@@ -2,6 +2,7 @@ package mpsync_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 
@@ -83,5 +84,110 @@ func ExampleElection() {
 	// I am the leader (term token 1)
 	// I lost the leadership (token 1)
 	// I am the leader (term token 2)
+	// Run returned: context canceled
+}
+
+// A refused TryLock names the holder through a *LockedError.
+func ExampleLockedError() {
+	f := mpsynctest.NewElector()
+	defer f.Close()
+	a, _ := mpsync.NewLock("reports", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("replica-1"))
+	b, _ := mpsync.NewLock("reports", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("replica-2"))
+	if _, err := a.Lock(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	defer a.Unlock()
+
+	_, err := b.TryLock(context.Background())
+	var locked *mpsync.LockedError
+	if errors.As(err, &locked) {
+		fmt.Printf("%s holds %s\n", locked.Holder, locked.Name)
+	}
+	fmt.Println("ErrLocked:", errors.Is(err, mpsync.ErrLocked))
+	// Output:
+	// replica-1 holds reports
+	// ErrLocked: true
+}
+
+// A leader hands over to another candidate and stays a candidate itself.
+func ExampleElection_Resign() {
+	f := mpsynctest.NewElector()
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	run := func(id string) *mpsync.Election {
+		el, err := mpsync.NewElection("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity(id))
+		if err != nil {
+			log.Fatal(err)
+		}
+		go el.Run(ctx)
+		return el
+	}
+	leaderOf := func(el *mpsync.Election) mpsync.Event {
+		for ev := range el.Events() {
+			if ev.Role == mpsync.Leader {
+				return ev
+			}
+		}
+		log.Fatal("Run ended")
+		return mpsync.Event{}
+	}
+	followsOf := func(el *mpsync.Election, leader string) {
+		for ev := range el.Events() {
+			if ev.Leader == leader {
+				return
+			}
+		}
+	}
+
+	a := run("replica-1")
+	term := leaderOf(a)
+	b := run("replica-2")
+	followsOf(b, "replica-1")
+	fmt.Println("leader:", term.Leader)
+
+	if err := a.Resign(ctx); err != nil { // returns once another leads
+		log.Fatal(err)
+	}
+	fmt.Println("term ended:", context.Cause(term.Context))
+	fmt.Println("leader:", leaderOf(b).Leader)
+	followsOf(a, "replica-2")
+	fmt.Println("replica-1 follows replica-2, still a candidate")
+	// Output:
+	// leader: replica-1
+	// term ended: mpsync: leadership resigned
+	// leader: replica-2
+	// replica-1 follows replica-2, still a candidate
+}
+
+// An Observer follows who leads without standing for election.
+func ExampleObserver() {
+	f := mpsynctest.NewElector()
+	defer f.Close()
+	obs, err := mpsync.NewObserver("test", mpsync.WithTransport(f.Transport()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- obs.Run(ctx) }()
+	fmt.Printf("%+v\n", <-obs.Events()) // the state at the start
+
+	lock, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("replica-1"))
+	if _, err := lock.Lock(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%+v\n", <-obs.Events())
+	lock.Unlock()
+	fmt.Printf("%+v\n", <-obs.Events())
+
+	cancel()
+	for range obs.Events() {
+	}
+	fmt.Println("Run returned:", <-done)
+	// Output:
+	// {Identity: Token:0}
+	// {Identity:replica-1 Token:1}
+	// {Identity: Token:1}
 	// Run returned: context canceled
 }

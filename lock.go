@@ -48,7 +48,7 @@ func (l *Lock) Identity() string { return l.cfg.identity }
 // ctx.Err() and holds nothing). It returns the leadership context, derived
 // from ctx, which ends when the lock is lost (context.Cause wraps
 // ErrLockLost), on Unlock (the cause is ErrUnlocked), or when ctx ends,
-// which releases the lock. It also ends on its own at the local validity
+// which releases the lock (a release bounded by 5 seconds, as Unlock's). It also ends on its own at the local validity
 // deadline if no renewal arrives in time, whatever the transport does.
 // While the context lasts, the Lock renews the lease in the background.
 //
@@ -59,7 +59,8 @@ func (l *Lock) Lock(ctx context.Context) (context.Context, error) {
 }
 
 // TryLock is Lock without the wait: if another holder has the lock it
-// returns an error wrapping ErrLocked at once.
+// returns at once an error wrapping ErrLocked, through a *LockedError that
+// names the holder (see LockedError).
 func (l *Lock) TryLock(ctx context.Context) (context.Context, error) {
 	return l.lock(ctx, false)
 }
@@ -92,19 +93,48 @@ func (l *Lock) lock(ctx context.Context, wait bool) (context.Context, error) {
 
 // Unlock ends the leadership context (its cause becomes ErrUnlocked), then
 // releases the lock, and returns once the release is done; its error is
-// the release's. After the lock was lost, Unlock only forgets the term and
-// returns nil. It returns ErrNotHeld if there is no term to end.
+// the release's. The release may take up to 5 seconds against an elector
+// that does not answer (it then fails and the lease is left to end at the
+// elector); UnlockContext lets the caller choose the bound. After the lock
+// was lost, Unlock only forgets the term and returns nil. It returns
+// ErrNotHeld if there is no term to end.
 func (l *Lock) Unlock() error {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	return l.UnlockContext(ctx)
+}
+
+// UnlockContext is Unlock with the release bounded by ctx instead of 5
+// seconds. The leadership context ends at once, whatever ctx. If ctx ends
+// before the release is done, UnlockContext returns ctx.Err() and the
+// release is abandoned: the HTTP transport then closes the lease's stream,
+// which makes the elector release the lock; otherwise the lease expires.
+func (l *Lock) UnlockContext(ctx context.Context) error {
+	_, err := l.end(ctx, ErrUnlocked)
+	return err
+}
+
+// end takes the Lock's term, ends it with cause and waits for its release,
+// bounded by ctx. It reports whether the term was live when it was taken
+// (false after a loss, with a nil error); with no term it returns
+// ErrNotHeld.
+func (l *Lock) end(ctx context.Context, cause error) (live bool, err error) {
 	l.mu.Lock()
 	t := l.term
 	l.term = nil
 	l.mu.Unlock()
 	if t == nil {
-		return ErrNotHeld
+		return false, ErrNotHeld
 	}
-	t.cancel(ErrUnlocked)
-	<-t.done
-	return t.releaseErr
+	live = t.ctx.Err() == nil
+	t.releaseCtx.Store(&ctx)
+	t.cancel(cause)
+	select {
+	case <-t.done:
+		return live, t.releaseErr
+	case <-ctx.Done():
+		return live, ctx.Err()
+	}
 }
 
 // term is one holding of a lock: its leadership context, and the keeper
@@ -114,6 +144,9 @@ type term struct {
 	cancel     context.CancelCauseFunc
 	done       chan struct{} // closed when the keeper has exited
 	releaseErr error         // set before done is closed
+	// releaseCtx bounds the release, if set before the term ends (by
+	// UnlockContext); otherwise releaseTimeout does.
+	releaseCtx atomic.Pointer[context.Context]
 }
 
 // acquire gets the lock through cfg.transport and starts its term.
@@ -136,7 +169,7 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 			v, err = lease.Renew(rctx)
 			cancel()
 			if err != nil {
-				release(cfg, lease)
+				releaseBounded(cfg, lease)
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -149,7 +182,7 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 			deadline = sent.Add(v)
 		}
 		if err := ctx.Err(); err != nil {
-			release(cfg, lease)
+			releaseBounded(cfg, lease)
 			return nil, err
 		}
 		cfg.logger.Debug("acquired", zap.Uint64("token", lease.Token()))
@@ -157,9 +190,15 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 	}
 }
 
-func release(cfg *config, lease Lease) error {
+// releaseBounded gives lease up, bounded by releaseTimeout.
+func releaseBounded(cfg *config, lease Lease) error {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
+	return release(ctx, cfg, lease)
+}
+
+// release gives lease up, bounded by ctx.
+func release(ctx context.Context, cfg *config, lease Lease) error {
 	err := lease.Release(ctx)
 	if err != nil {
 		cfg.logger.Warn("release failed; the lease will expire", zap.Error(err))
@@ -259,7 +298,11 @@ func (t *term) keep(cfg *config, lease Lease, ctx *leaseCtx, expiry *time.Timer)
 			// Unlock, the parent context, or the local deadline. The
 			// context is done before the release leaves: no overlap.
 			cfg.logger.Debug("term ended", zap.Error(context.Cause(t.ctx)))
-			t.releaseErr = release(cfg, lease)
+			if p := t.releaseCtx.Load(); p != nil {
+				t.releaseErr = release(*p, cfg, lease)
+			} else {
+				t.releaseErr = releaseBounded(cfg, lease)
+			}
 			return
 		case <-lease.Done():
 			cause := lostCause(lease.Err())

@@ -149,8 +149,8 @@ func TestElectorClosedEndsTerm(t *testing.T) {
 	if err := l.Unlock(); err != nil {
 		t.Errorf("Unlock after loss = %v, want nil", err)
 	}
-	if _, err := l.Lock(t.Context()); err == nil {
-		t.Error("Lock on a closed elector succeeded")
+	if _, err := l.Lock(t.Context()); !errors.Is(err, mpsync.ErrClosed) {
+		t.Errorf("Lock on a closed elector = %v, want ErrClosed", err)
 	}
 }
 

@@ -10,7 +10,9 @@
 //	writeReport(held)            // stop when held is done: the lock was lost
 //
 // An Election campaigns for a lock until its context ends and reports on a
-// channel whenever this replica becomes leader or follower, and who leads.
+// channel whenever this replica becomes leader or follower, and who leads;
+// its leader can hand over with Resign and stay a candidate. An Observer
+// follows who leads without standing for election.
 //
 // # Guarantees
 //
@@ -49,14 +51,16 @@
 //
 // # Transports
 //
-// Locks and elections talk to a Transport. By default that is the HTTP
-// transport to the elector at $MPSYNC_ELECTOR, else http://localhost:13131
-// (see WithElector). Unit tests use the in-memory elector of package
-// mpsynctest through WithTransport.
+// Locks, elections and observers talk to a Transport. By default that is
+// the HTTPTransport to the elector at $MPSYNC_ELECTOR, else
+// http://localhost:13131 (see WithElector), one per address for the whole
+// process. Unit tests use the in-memory elector of package mpsynctest
+// through WithTransport.
 package mpsync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -70,7 +74,9 @@ import (
 // Errors returned by this package and by its transports. Compare them with
 // errors.Is; the errors returned wrap them with detail.
 var (
-	// ErrLocked is returned by TryLock when another holder has the lock.
+	// ErrLocked is wrapped in the error of a TryLock refused because
+	// another holder has the lock; that error is a *LockedError, which
+	// names the holder.
 	ErrLocked = core.ErrLocked
 	// ErrLockLost is the context.Cause of a leadership context that ended
 	// because the lock was lost: revoked, expired before a renewal
@@ -103,12 +109,55 @@ var (
 	// ErrBusy is returned by Lock and TryLock on a Lock that already holds
 	// its lock or is acquiring it: locks are not reentrant.
 	ErrBusy = core.ErrBusy
-	// ErrRunning is returned by Run on an Election that is already running
-	// or has run.
+	// ErrRunning is returned by Run on an Election or Observer that is
+	// already running or has run.
 	ErrRunning = core.ErrRunning
+	// ErrClosed is wrapped in the errors of a transport that was closed:
+	// an HTTPTransport after Close (with ErrUnavailable), or the
+	// transport of an mpsynctest.Elector after its Close.
+	ErrClosed = core.ErrClosed
+	// ErrResigned is the context.Cause of a leadership context ended by
+	// Election.Resign.
+	ErrResigned = errors.New("mpsync: leadership resigned")
 )
 
-// Holder is the state of a lock as a Transport's Watch reports it.
+// LockedError is the error of an acquisition refused because the lock is
+// held: TryLock returns it (wrapped with detail), and so do transports
+// from Acquire without wait. It wraps ErrLocked, so both
+//
+//	errors.Is(err, mpsync.ErrLocked)
+//
+// and
+//
+//	var e *mpsync.LockedError
+//	if errors.As(err, &e) { log.Printf("%s holds %s", e.Holder, e.Name) }
+//
+// work. The holder is as the elector saw it when it refused: by the time
+// the caller reads it, the lock may have changed hands.
+type LockedError struct {
+	// Name is the lock.
+	Name string
+	// Holder is the identity of the holder at the refusal, or empty if the
+	// elector did not say (an elector older than this field, or a lock
+	// that was free but had waiters queued ahead).
+	Holder string
+}
+
+// Error says which lock is held, and by whom when known.
+func (e *LockedError) Error() string {
+	if e.Holder != "" {
+		return fmt.Sprintf("%v: %q holds %q", ErrLocked, e.Holder, e.Name)
+	}
+	return fmt.Sprintf("%v: %q", ErrLocked, e.Name)
+}
+
+// Unwrap returns ErrLocked.
+func (e *LockedError) Unwrap() error { return ErrLocked }
+
+// Holder is the state of a lock as a Transport's Watch reports it, and as
+// an Observer follows it. (The transports and the elector, in internal
+// packages that this package imports and so cannot import it, use
+// core.Holder, which has the same fields; Holder(h) converts.)
 type Holder struct {
 	// Identity of the current holder; empty when the lock is free.
 	Identity string
@@ -124,12 +173,13 @@ type Holder struct {
 // Transport carries locks between this package and an elector. Each method
 // is one exchange: it does not retry, renew or deliver events on its own;
 // Lock and Election do that. Implementations must be safe for concurrent
-// use. Errors wrap this package's error values: ErrLocked, ErrInvalidName,
-// ErrUnavailable, ErrLockLost.
+// use. Errors wrap this package's error values: ErrLocked (a refusal should
+// be a *LockedError), ErrInvalidName, ErrUnavailable, ErrLockLost.
 type Transport interface {
 	// Acquire asks for the lock name on behalf of identity. If the lock is
 	// free it is granted at once. Otherwise, if wait is false, Acquire
-	// fails with an error wrapping ErrLocked; if wait is true, it blocks
+	// fails with a *LockedError (or an error wrapping ErrLocked); if wait
+	// is true, it blocks
 	// until granted or ctx ends, in which case it returns ctx.Err() and
 	// leaves nothing held. ctx bounds only the acquisition: the returned
 	// Lease lives until released or lost.
@@ -163,7 +213,7 @@ type Lease interface {
 	Release(ctx context.Context) error
 }
 
-// An Option configures a Lock or an Election. Options are checked by the
+// An Option configures a Lock, an Election or an Observer. Options are checked by the
 // constructor, which returns an error for an invalid one.
 type Option func(*config) error
 
@@ -178,8 +228,8 @@ type config struct {
 // WithTransport nor $MPSYNC_ELECTOR says otherwise.
 const DefaultElector = "http://localhost:13131"
 
-// WithTransport makes the Lock or Election use t instead of the HTTP
-// transport to an elector.
+// WithTransport makes the Lock, Election or Observer use t instead of the
+// shared HTTP transport to an elector.
 func WithTransport(t Transport) Option {
 	return func(c *config) error {
 		if t == nil {
@@ -190,9 +240,10 @@ func WithTransport(t Transport) Option {
 	}
 }
 
-// WithElector makes the Lock or Election use the HTTP transport to the
-// elector at addr ("http://host:port" or "host:port"). Without it the
-// address is $MPSYNC_ELECTOR, else DefaultElector.
+// WithElector makes the Lock, Election or Observer use the HTTP transport
+// to the elector at addr ("http://host:port" or "host:port"). Without it
+// the address is $MPSYNC_ELECTOR, else DefaultElector. All that name one
+// address in a process share one HTTPTransport, and so one connection pool.
 func WithElector(addr string) Option {
 	return func(c *config) error {
 		if addr == "" {
@@ -259,7 +310,7 @@ func newConfig(name string, opts []Option) (*config, error) {
 		if addr == "" {
 			addr = DefaultElector
 		}
-		t, err := NewHTTPTransport(addr)
+		t, err := sharedHTTPTransport(addr)
 		if err != nil {
 			return nil, err
 		}

@@ -8,11 +8,15 @@
 //	defer f.Close()
 //	lock, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()))
 //
-// It does not import package testing.
+// Its transport answers as the elector's does: a refused TryLock is a
+// *mpsync.LockedError naming the holder, and after Close requests fail
+// with errors wrapping mpsync.ErrClosed. It does not import package
+// testing.
 package mpsynctest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -90,14 +94,24 @@ type transport struct {
 	table *fake.Table
 }
 
+// Acquire implements mpsync.Transport. A refusal is a *mpsync.LockedError,
+// as from the elector.
 func (t transport) Acquire(ctx context.Context, name, identity string, wait bool) (mpsync.Lease, error) {
 	g, err := t.table.Acquire(ctx, core.Request{Name: name, Identity: identity, Wait: wait})
+	if errors.Is(err, core.ErrLocked) {
+		// The table says who held the lock only in its message; ask it
+		// again. In a test that changes hands only under its own
+		// control, that is the holder that caused the refusal.
+		h, _ := t.table.Holder(name)
+		return nil, &mpsync.LockedError{Name: name, Holder: h.Identity}
+	}
 	if err != nil {
 		return nil, err
 	}
 	return g, nil
 }
 
+// Watch implements mpsync.Transport.
 func (t transport) Watch(ctx context.Context, name string, fn func(mpsync.Holder)) error {
 	return t.table.Watch(ctx, name, func(h core.Holder) { fn(mpsync.Holder(h)) })
 }

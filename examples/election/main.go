@@ -2,7 +2,9 @@
 // leader of the election "test" and prints when it becomes leader, whom it
 // follows, and when and why it stops being leader, until SIGINT or
 // SIGTERM. Run several copies against one elector, kill the leader, and
-// watch another take over with a greater fencing token.
+// watch another take over with a greater fencing token. SIGUSR1 makes the
+// leader hand over (Election.Resign) and stay a candidate: it stands aside
+// until another candidate leads, for up to 10 seconds.
 //
 // Usage:
 //
@@ -57,6 +59,7 @@ func main() {
 	done := make(chan error, 1)
 	go func() { done <- el.Run(ctx) }()
 	say(el, "running for leader of %s", el.Name())
+	go handOverOn(ctx, el, syscall.SIGUSR1)
 	follow(ctx, el)
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		say(el, "error: %v", err)
@@ -73,9 +76,12 @@ func follow(ctx context.Context, el *mpsync.Election) {
 	var term context.Context // the current term's leadership context, if leading
 	var lost <-chan struct{} // term.Done(), or nil
 	endTerm := func() {
-		if cause := context.Cause(term); errors.Is(cause, mpsync.ErrLockLost) || ctx.Err() == nil {
+		switch cause := context.Cause(term); {
+		case errors.Is(cause, mpsync.ErrResigned):
+			say(el, "stepping down: handing over")
+		case errors.Is(cause, mpsync.ErrLockLost) || ctx.Err() == nil:
 			say(el, "I lost leadership: %v", cause)
-		} else {
+		default:
 			say(el, "stepping down: shutting down")
 		}
 		term, lost = nil, nil
@@ -103,6 +109,34 @@ func follow(ctx context.Context, el *mpsync.Election) {
 					say(el, "following %s (token %d)", ev.Leader, ev.Token)
 				}
 			}
+		}
+	}
+}
+
+// handOverOn makes el's leader resign each time sig comes, until ctx ends.
+// A candidate that is not leader says so and goes on.
+func handOverOn(ctx context.Context, el *mpsync.Election, sig os.Signal) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, sig)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sigs:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := el.Resign(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			say(el, "handed over")
+		case errors.Is(err, mpsync.ErrNotHeld):
+			say(el, "not leader: nothing to hand over")
+		case errors.Is(err, context.DeadlineExceeded):
+			say(el, "nobody took over in 10s: running for leader again")
+		case ctx.Err() == nil:
+			say(el, "hand-over failed: %v", err)
 		}
 	}
 }

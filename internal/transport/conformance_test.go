@@ -25,6 +25,7 @@ func (h harness) Transport(t *testing.T) mpsync.Transport {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = tr.Close() })
 	return tr
 }
 

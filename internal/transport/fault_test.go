@@ -157,8 +157,8 @@ func TestKillElector(t *testing.T) {
 	if err := l.Err(); !errors.Is(err, core.ErrUnavailable) || !errors.Is(err, core.ErrLockLost) {
 		t.Errorf("Err %v, want ErrUnavailable and ErrLockLost", err)
 	}
-	if l.last.Type != "" {
-		t.Errorf("last line %+v, want none: the stream broke", l.last)
+	if !errors.Is(l.Err(), errStreamBroke) {
+		t.Errorf("Err %v, want no last line: the stream broke", l.Err())
 	}
 	select {
 	case err := <-werr:
@@ -206,8 +206,8 @@ func TestTermElector(t *testing.T) {
 	if err := l.Err(); !errors.Is(err, core.ErrLockLost) || !errors.Is(err, core.ErrUnavailable) {
 		t.Errorf("Err %v, want ErrLockLost and ErrUnavailable", err)
 	}
-	if l.last.Type != EventLost || l.last.Reason != ReasonShutdown {
-		t.Errorf("last line %+v, want a lost event with reason shutdown", l.last)
+	if err := l.Err(); errors.Is(err, errStreamBroke) || !strings.Contains(err.Error(), "("+ReasonShutdown+")") {
+		t.Errorf("Err %v, want a lost line that tells of the shutdown", err)
 	}
 	if err := <-waiterErr; !errors.Is(err, core.ErrUnavailable) {
 		t.Errorf("waiter: %v, want ErrUnavailable", err)

@@ -27,8 +27,7 @@ type Lease struct {
 
 	mu        sync.Mutex
 	err       error
-	releasing bool  // Release has been called
-	last      Event // the stream's last line, if it ended with released or lost
+	releasing bool // Release has been called
 }
 
 // Token is the lease's fencing token: greater than that of every earlier
@@ -60,21 +59,20 @@ func (l *Lease) Err() error {
 func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 	quiet := l.quiet
 	var err error
-	var last Event
+	lost := false
 	for {
 		ev, rerr := readEvent(br)
 		if rerr != nil {
-			err = fmt.Errorf("%w: %w: the stream from the elector at %s ended without a release or a loss (elector gone?): %w",
-				core.ErrLockLost, core.ErrUnavailable, l.c.base, quiet.explain(rerr))
+			err = fmt.Errorf("%w: %w: %w: the stream from the elector at %s ended without a release or a loss (elector gone?): %w",
+				core.ErrLockLost, core.ErrUnavailable, errStreamBroke, l.c.base, quiet.explain(rerr))
 			break
 		}
 		quiet.heard(ev)
 		if ev.Type == EventReleased {
-			last = ev
 			break
 		}
 		if ev.Type == EventLost {
-			last = ev
+			lost = true
 			err = lostError(ev)
 			break
 		}
@@ -84,14 +82,17 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 	l.cancel()
 	body.Close()
 	l.mu.Lock()
-	if l.releasing && last.Type != EventLost {
+	if l.releasing && !lost {
 		err = nil // our own Release ended it, whatever the stream said last
 	}
 	l.err = err
-	l.last = last
 	l.mu.Unlock()
 	close(l.done)
 }
+
+// errStreamBroke is wrapped in the error of a lease whose stream ended with
+// no last line (released or lost): the connection broke or fell silent.
+var errStreamBroke = errors.New("stream broke")
 
 // lostError is the error of a lost event.
 func lostError(ev Event) error {
@@ -101,7 +102,7 @@ func lostError(ev Event) error {
 	case ReasonExpired:
 		return fmt.Errorf("%w: %w", core.ErrLockLost, core.ErrExpired)
 	case ReasonShutdown, ReasonBackend:
-		return fmt.Errorf("%w: %w: %s", core.ErrLockLost, core.ErrUnavailable, ev.Error)
+		return fmt.Errorf("%w: %w (%s): %s", core.ErrLockLost, core.ErrUnavailable, ev.Reason, ev.Error)
 	}
 	return fmt.Errorf("%w: %s", core.ErrLockLost, ev.Error)
 }

@@ -37,14 +37,39 @@ const maxLine = 64 << 10
 var errUnknownSession = errors.New("transport: session unknown to the elector")
 
 // Client talks to one elector. Create it with New; it is safe for concurrent
-// use. It keeps idle connections for reuse; CloseIdleConnections drops them.
+// use. Its exchanges share one connection pool, which keeps idle
+// connections for reuse; CloseIdleConnections drops them, and Close ends
+// every exchange for good.
 type Client struct {
 	base string // "http://host:port"
 	tr   *http.Transport
 	hc   *http.Client
 	// armed counts the streams whose silence is armed (see Silence).
 	armed atomic.Int64
+
+	// closed ends when Close is called; every stream's request is
+	// derived from it or cancelled with it.
+	closed context.Context
+	close  context.CancelFunc
 }
+
+// LockedError is the error of an acquire that the elector refused, without
+// waiting, because the lock is held. It wraps core.ErrLocked.
+type LockedError struct {
+	Name   string // the lock
+	Holder string // its holder as the elector named it; empty if it did not
+}
+
+// Error says who holds the lock, when known.
+func (e *LockedError) Error() string {
+	if e.Holder != "" {
+		return fmt.Sprintf("%v: %q holds %q", core.ErrLocked, e.Holder, e.Name)
+	}
+	return fmt.Sprintf("%v: %q", core.ErrLocked, e.Name)
+}
+
+// Unwrap returns core.ErrLocked.
+func (e *LockedError) Unwrap() error { return core.ErrLocked }
 
 // New returns a client for the elector at addr: "http://127.0.0.1:13131",
 // or "127.0.0.1:13131" meaning the same. It only parses addr; nothing is
@@ -63,6 +88,7 @@ func New(addr string) (*Client, error) {
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
 	}
+	closed, closeFn := context.WithCancel(context.Background())
 	return &Client{
 		base: base,
 		tr:   tr,
@@ -70,6 +96,8 @@ func New(addr string) (*Client, error) {
 			Transport:     tr,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
+		closed: closed,
+		close:  closeFn,
 	}, nil
 }
 
@@ -105,6 +133,34 @@ func (c *Client) Addr() string { return c.base }
 // Streams of live leases and watches are not affected.
 func (c *Client) CloseIdleConnections() { c.tr.CloseIdleConnections() }
 
+// Close ends the Client: later calls fail at once with an error wrapping
+// core.ErrUnavailable and core.ErrClosed; the streams of live leases end,
+// as if the elector had gone away (their Err wraps core.ErrLockLost and
+// core.ErrUnavailable; the elector releases what they held), and watches
+// return such an error; then the idle connections are closed. A renew or
+// release under way finishes, bounded by its own context, and closes its
+// connection. Close does not wait for the streams' readers to finish. It
+// may be called more than once.
+func (c *Client) Close() {
+	c.close()
+	c.tr.CloseIdleConnections()
+}
+
+// dropIfClosed closes the idle connections if Close has been called: a
+// request that was under way at Close may have put its connection back in
+// the pool after Close closed the idle ones. Call it once the request's
+// body has been read and closed.
+func (c *Client) dropIfClosed() {
+	if c.closed.Err() != nil {
+		c.tr.CloseIdleConnections()
+	}
+}
+
+// closedError is the error of an exchange refused or cut by Close.
+func (c *Client) closedError() error {
+	return fmt.Errorf("%w: %w: the client of the elector at %s was closed", core.ErrUnavailable, core.ErrClosed, c.base)
+}
+
 func (c *Client) lockURL(name, op string) string {
 	u := c.base + "/v1/locks/" + url.PathEscape(name)
 	if op != "" {
@@ -135,10 +191,7 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 func (c *Client) codeError(eb ErrorBody, status, name string) error {
 	switch eb.Code {
 	case CodeLocked:
-		if eb.Holder != "" {
-			return fmt.Errorf("%w: %q holds %q", core.ErrLocked, eb.Holder, name)
-		}
-		return fmt.Errorf("%w: %q", core.ErrLocked, name)
+		return &LockedError{Name: name, Holder: eb.Holder}
 	case CodeInvalidName:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
 	case CodeLost:
@@ -152,8 +205,11 @@ func (c *Client) codeError(eb ErrorBody, status, name string) error {
 }
 
 // do sends one request with a JSON body (nil for none) and returns the
-// answer if its status is 200.
+// answer if its status is 200. After Close it fails at once.
 func (c *Client) do(ctx context.Context, method, u, name string, body any) (*http.Response, error) {
+	if c.closed.Err() != nil {
+		return nil, c.closedError()
+	}
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -177,6 +233,7 @@ func (c *Client) do(ctx context.Context, method, u, name string, body any) (*htt
 		return nil, c.unreachable(err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		defer c.dropIfClosed()
 		defer resp.Body.Close()
 		return nil, c.answerError(resp, name)
 	}
@@ -190,6 +247,7 @@ func (c *Client) post(ctx context.Context, u, name string, body, out any) error 
 	if err != nil {
 		return err
 	}
+	defer c.dropIfClosed()
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLine))
 	if err != nil {
@@ -248,7 +306,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	streamCtx, cancel := context.WithCancel(context.Background())
+	// The stream outlives ctx: it is cancelled with ctx only until the
+	// grant, and with the Client's Close always.
+	streamCtx, cancel := context.WithCancel(c.closed)
 	stopWatching := context.AfterFunc(ctx, cancel)
 
 	resp, err := c.do(streamCtx, http.MethodPost, c.lockURL(name, "acquire"), name, AcquireRequest{Identity: identity, Wait: wait})
@@ -257,6 +317,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		cancel()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if c.closed.Err() != nil {
+			return nil, c.closedError()
 		}
 		return nil, err
 	}
@@ -272,6 +335,9 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		resp.Body.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if c.closed.Err() != nil {
+			return nil, c.closedError()
 		}
 		return nil, err
 	}
@@ -325,8 +391,15 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 	}
 	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer context.AfterFunc(c.closed, cancel)()
 	resp, err := c.do(streamCtx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if c.closed.Err() != nil {
+			return c.closedError()
+		}
 		return err
 	}
 	defer resp.Body.Close()
@@ -338,6 +411,9 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if c.closed.Err() != nil {
+				return c.closedError()
 			}
 			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, quiet.explain(err))
 		}

@@ -73,7 +73,7 @@ func newTransport(t *testing.T, addr string) mpsync.Transport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(tr.(interface{ CloseIdleConnections() }).CloseIdleConnections)
+	t.Cleanup(func() { _ = tr.Close() })
 	return tr
 }
 

@@ -228,13 +228,13 @@ func (p *proc) fds(t *testing.T) int {
 	return len(ents)
 }
 
-// sdkLock returns an SDK lock on name with its own transport, whose idle
-// connections are closed at the end of the test.
+// sdkLock returns an SDK lock on name with its own transport, which is
+// closed at the end of the test.
 func sdkLock(t *testing.T, addr, name, identity string) *mpsync.Lock {
 	t.Helper()
 	tr, err := mpsync.NewHTTPTransport(addr)
 	require.NoError(t, err)
-	t.Cleanup(tr.(interface{ CloseIdleConnections() }).CloseIdleConnections)
+	t.Cleanup(func() { _ = tr.Close() })
 	l, err := mpsync.NewLock(name, mpsync.WithTransport(tr), mpsync.WithIdentity(identity))
 	require.NoError(t, err)
 	return l
