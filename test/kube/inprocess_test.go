@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -81,13 +82,16 @@ func TestInProcessConformance(t *testing.T) {
 }
 
 // holderBin builds test/kube/cmd/inprocholder for the test.
-func holderBin(t *testing.T) string {
+func holderBin(t *testing.T) string { return buildBin(t, "./test/kube/cmd/inprocholder") }
+
+// buildBin builds the command at pkg for the test.
+func buildBin(t *testing.T, pkg string) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "inprocholder")
-	cmd := exec.Command("go", "build", "-o", bin, "./test/kube/cmd/inprocholder")
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
 	cmd.Dir = repoRoot
 	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "building the holder: %s", out)
+	require.NoError(t, err, "building %s: %s", pkg, out)
 	return bin
 }
 
@@ -107,6 +111,14 @@ type holderProc struct {
 // identity id, and waits until it is ready. It is killed at the end of the
 // test if it is still running.
 func startHolder(t *testing.T, bin, id string, args ...string) *holderProc {
+	t.Helper()
+	p := startProc(t, bin, id, args...)
+	p.waitLine(t, "ready")
+	return p
+}
+
+// startProc starts bin with -identity id and args, and collects its output.
+func startProc(t *testing.T, bin, id string, args ...string) *holderProc {
 	t.Helper()
 	p := &holderProc{id: id, changed: make(chan struct{}), exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"-identity", id}, args...)...)
@@ -133,7 +145,6 @@ func startHolder(t *testing.T, bin, id string, args ...string) *holderProc {
 			t.Logf("holder %s printed:\n%s\nstderr:\n%s", id, strings.Join(p.all(), "\n"), p.stderr.String())
 		}
 	})
-	p.waitLine(t, "ready")
 	return p
 }
 
@@ -143,16 +154,26 @@ func (p *holderProc) all() []string {
 	return slices.Clone(p.lines)
 }
 
-// waitLine waits for a line beginning with prefix and returns its fields.
+// waitLine waits for a line whose first word is prefix and returns its
+// words.
 func (p *holderProc) waitLine(t *testing.T, prefix string) []string {
+	t.Helper()
+	return strings.Fields(p.waitMatch(t, prefix, func(l string) bool {
+		f := strings.Fields(l)
+		return len(f) > 0 && f[0] == prefix
+	}))
+}
+
+// waitMatch waits for a line that ok accepts and returns it.
+func (p *holderProc) waitMatch(t *testing.T, prefix string, ok func(string) bool) string {
 	t.Helper()
 	timeout := time.After(waitFor)
 	for {
 		p.mu.Lock()
 		for _, l := range p.lines {
-			if f := strings.Fields(l); len(f) > 0 && f[0] == prefix {
+			if ok(l) {
 				p.mu.Unlock()
-				return f
+				return l
 			}
 		}
 		changed := p.changed
@@ -480,4 +501,54 @@ func TestInProcessCapacity(t *testing.T) {
 	_, err = b.TryLock(lockCtx(t))
 	require.NoError(t, err)
 	require.NoError(t, b.Unlock())
+}
+
+// TestInProcessExample applies examples/inprocess/deployment.yaml and checks
+// that its ServiceAccount may do with Leases exactly what the Transport
+// needs, in its namespace only; then runs two copies of the example program
+// (as the elector user, with the same rights): one leads, and when it is
+// stopped with SIGTERM it releases the Lease and the other leads at once.
+func TestInProcessExample(t *testing.T) {
+	ns := namespace(t)
+	admin := cp.admin(t)
+	objs := applyFile(t, ns, filepath.Join(repoRoot, "examples", "inprocess", "deployment.yaml"))
+	kinds := map[string]bool{}
+	for _, o := range objs {
+		kinds[o.GetKind()] = true
+	}
+	assert.Equal(t, map[string]bool{"ServiceAccount": true, "Role": true, "RoleBinding": true, "Deployment": true}, kinds)
+	user := "system:serviceaccount:" + ns + ":mpsync-inprocess"
+	for verb, want := range map[string]bool{
+		"get": true, "list": true, "watch": true, "create": true, "update": true,
+		"delete": false, "patch": false, "deletecollection": false,
+	} {
+		for _, space := range []string{ns, "default"} {
+			sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
+				User:   user,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+				ResourceAttributes: &authv1.ResourceAttributes{
+					Namespace: space, Verb: verb, Group: "coordination.k8s.io", Resource: "leases",
+				},
+			}}
+			res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(lockCtx(t), sar, metav1.CreateOptions{})
+			require.NoError(t, err)
+			assert.Equal(t, want && space == ns, res.Status.Allowed, "%s may %s leases in %s", user, verb, space)
+		}
+	}
+
+	bin := buildBin(t, "./examples/inprocess")
+	args := []string{"-kubeconfig", cp.electorKubeconfig, "-namespace", ns}
+	leads := func(l string) bool { return strings.Contains(l, "I am the leader") }
+	a := startProc(t, bin, "replica-a", args...)
+	a.waitMatch(t, "leader", leads)
+	b := startProc(t, bin, "replica-b", args...)
+	b.waitMatch(t, "following", func(l string) bool { return strings.Contains(l, "following replica-a") })
+	assert.True(t, strings.HasPrefix(holderOf(getLease(t, admin, ns, "example-inprocess")), "replica-a@"))
+	require.NoError(t, a.cmd.Process.Signal(syscall.SIGTERM))
+	stopped := time.Now()
+	b.waitMatch(t, "leader", leads)
+	t.Logf("SIGTERM to the leader -> the other leads: %s", ms(time.Since(stopped)))
+	<-a.exited
+	assert.NoError(t, a.err, "the stopped replica's exit")
+	assert.True(t, strings.HasPrefix(holderOf(getLease(t, admin, ns, "example-inprocess")), "replica-b@"))
 }
