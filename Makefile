@@ -16,7 +16,7 @@ elector:
 	$(ELECTOR_BUILD)
 
 examples:
-	$(GO) build -o $(BIN)/ ./examples/lock ./examples/election ./examples/observer
+	$(GO) build -o $(BIN)/ ./examples/lock ./examples/election ./examples/observer ./examples/inprocess
 
 demo: elector examples
 	hack/demo.sh

@@ -79,7 +79,7 @@ var Specs = []Spec{
 		Dockerfile: "examples/Dockerfile",
 		Env:        []string{"CGO_ENABLED=0"},
 		Target:     "examples",
-		Files:      []File{{Src: "lock", Dst: "/lock"}, {Src: "election", Dst: "/election"}},
+		Files:      []File{{Src: "lock", Dst: "/lock"}, {Src: "election", Dst: "/election"}, {Src: "inprocess", Dst: "/inprocess"}},
 		User:       nonroot,
 		Entrypoint: []string{"/lock"},
 	},
