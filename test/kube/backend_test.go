@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -84,7 +85,7 @@ func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
 			t.Errorf("%s: Close: %v", id, err)
 		}
 	})
-	eventually(t, id+" ready", func() bool { return b.Ready(bg()) == nil })
+	require.Eventually(t, func() bool { return b.Ready(bg()) == nil }, waitFor, 20*time.Millisecond, id+" ready")
 	return tb
 }
 
@@ -793,7 +794,7 @@ func TestBackendAPIServerPause(t *testing.T) {
 	}
 	t.Logf("API server paused for %s; holder's grant ended %s into the pause; successor held the lock %s after the server returned",
 		ms(resumed.Sub(paused)), ms(ended.Sub(paused)), ms(r.at.Sub(resumed)))
-	eventually(t, "e0 ready again", func() bool { return a.Ready(bg()) == nil })
+	require.Eventually(t, func() bool { return a.Ready(bg()) == nil }, waitFor, 20*time.Millisecond, "e0 ready again")
 	release(t, r.g)
 	g = acquire(t, a, name, "holder-again", true)
 	release(t, g)

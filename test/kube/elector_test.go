@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -56,7 +57,7 @@ func startElector(t *testing.T, ns, id string, lease time.Duration, args ...stri
 			t.Logf("elector %s log:\n%s", id, p.Log())
 		}
 	})
-	eventually(t, "elector "+id+" ready", p.Ready)
+	require.Eventually(t, p.Ready, waitFor, 20*time.Millisecond, "elector "+id+" ready")
 	return &elector{id: id, Process: p}
 }
 
@@ -184,7 +185,7 @@ func TestHandoverByWatch(t *testing.T) {
 			}
 			got <- h
 		}()
-		eventually(t, "the waiter's request reached its elector", func() bool { return es[to].waiters() == "1" })
+		require.Eventually(t, func() bool { return es[to].waiters() == "1" }, waitFor, 20*time.Millisecond, "the waiter's request reached its elector")
 		start := time.Now()
 		if err := locks[from].Unlock(); err != nil {
 			t.Fatalf("round %d: Unlock: %v", round, err)
@@ -245,7 +246,7 @@ func TestCrashFailover(t *testing.T) {
 		}
 		got <- h
 	}()
-	eventually(t, "b's request reached its elector", func() bool { return eb.waiters() == "1" })
+	require.Eventually(t, func() bool { return eb.waiters() == "1" }, waitFor, 20*time.Millisecond, "b's request reached its elector")
 	killed := time.Now()
 	ea.Kill()
 	heldB := <-got
