@@ -211,7 +211,7 @@ func (p *proc) holder(t *testing.T, name string) string {
 // fds counts the elector process's open descriptors.
 func (p *proc) fds(t *testing.T) int {
 	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid()))
 	require.NoError(t, err)
 	return len(ents)
 }
