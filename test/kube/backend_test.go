@@ -63,20 +63,14 @@ func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
 	id := cfg.Identity
 	c := needControlPlane(t)
 	rc, err := kube.RESTConfig(c.electorKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tb := &testBackend{id: id}
 	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return cutter{rt, &tb.cut} }
 	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cfg.Client, cfg.Logger = cs, zaptest.NewLogger(t).Named(id)
 	b, err := kube.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tb.Backend = b
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(bg(), waitFor)
@@ -104,9 +98,7 @@ func release(t *testing.T, g backend.Grant) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	if err := g.Release(ctx); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
+	require.NoError(t, g.Release(ctx), "Release")
 }
 
 func getLease(t *testing.T, cs kubernetes.Interface, ns, name string) *coordinationv1.Lease {
@@ -694,9 +686,7 @@ func TestBackendClose(t *testing.T) {
 	watchUntil(t, a, "other", "naming owner", func(h core.Holder) bool { return h.Identity == "owner" })
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	if err := a.Close(ctx); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	require.NoError(t, a.Close(ctx), "Close")
 	for range 2 {
 		if err := <-errc; !errors.Is(err, core.ErrClosed) {
 			t.Errorf("waiting Acquire or Watch at Close = %v, want ErrClosed", err)
@@ -760,18 +750,14 @@ func TestBackendAPIServerPause(t *testing.T) {
 	}()
 
 	apiserver, err := os.FindProcess(cp.apiserverPID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	resume := sync.OnceFunc(func() {
 		if err := apiserver.Signal(syscall.SIGCONT); err != nil {
 			t.Errorf("SIGCONT to the API server: %v", err)
 		}
 	})
 	t.Cleanup(resume)
-	if err := apiserver.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP to the API server: %v", err)
-	}
+	require.NoError(t, apiserver.Signal(syscall.SIGSTOP), "SIGSTOP to the API server")
 	paused := time.Now()
 	ended := waitDone(t, g, "while the API server is paused")
 	if !errors.Is(g.Err(), core.ErrExpired) {

@@ -71,9 +71,7 @@ func (e *elector) waiters() string {
 func newTransport(t *testing.T, addr string) mpsync.Transport {
 	t.Helper()
 	tr, err := mpsync.NewHTTPTransport(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(tr.(interface{ CloseIdleConnections() }).CloseIdleConnections)
 	return tr
 }
@@ -149,9 +147,7 @@ func TestConformance(t *testing.T) {
 func newLock(t *testing.T, e *elector, name, id string) *mpsync.Lock {
 	t.Helper()
 	l, err := mpsync.NewLock(name, mpsync.WithTransport(newTransport(t, e.Addr)), mpsync.WithIdentity(id))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return l
 }
 
@@ -171,9 +167,7 @@ func TestHandoverByWatch(t *testing.T) {
 	const name = "handover"
 	locks := []*mpsync.Lock{newLock(t, es[0], name, "client-a"), newLock(t, es[1], name, "client-b")}
 	held, err := locks[0].Lock(lockCtx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var times []time.Duration
 	for round := range 6 {
 		from, to := round%2, (round+1)%2
@@ -225,9 +219,7 @@ func TestCrashFailover(t *testing.T) {
 	const name = "crash"
 	a, b := newLock(t, ea, name, "client-a"), newLock(t, eb, name, "client-b")
 	heldA, err := a.Lock(lockCtx(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var (
 		mu    sync.Mutex
 		aDone time.Time
@@ -308,8 +300,6 @@ func TestTokenIsLeaseTransitions(t *testing.T) {
 			t.Errorf("acquisition %d: token %d not greater than %d", i, tok, last)
 		}
 		last = tok
-		if err := l.Unlock(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, l.Unlock())
 	}
 }

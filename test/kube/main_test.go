@@ -144,13 +144,9 @@ func bg() context.Context { return context.Background() }
 func client(t *testing.T, path string) kubernetes.Interface {
 	t.Helper()
 	rc, err := kube.RESTConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return cs
 }
 
@@ -214,9 +210,7 @@ func electorBin(t *testing.T) string {
 		return builtElector
 	}
 	dir, err := os.MkdirTemp("", "mpsync-kube-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tempDir = dir
 	bin := filepath.Join(dir, "elector")
 	cmd := exec.Command("go", "build", "-o", bin, "./sidecar/cmd/elector")
