@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -88,7 +89,5 @@ func TestKubeBackendWaitersOfOneElector(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := b.Close(ctx); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	assert.NoError(t, b.Close(ctx), "Close")
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/electorproc"
@@ -653,9 +654,7 @@ func (r *round) finish() history.Report {
 	sum := r.summary(rep, recs, elapsed)
 	t.Log(sum)
 	if r.cfg.summary != "" {
-		if err := os.WriteFile(r.cfg.summary, []byte(sum), 0o644); err != nil {
-			t.Error(err)
-		}
+		assert.NoError(t, os.WriteFile(r.cfg.summary, []byte(sum), 0o644))
 	}
 	return rep
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -353,9 +354,7 @@ func TestBackendWaited(t *testing.T) {
 		ctx, cancel := context.WithTimeout(bg(), waitFor)
 		defer cancel()
 		ng, err := b.Acquire(ctx, core.Request{Name: name, Identity: "second", Wait: true})
-		if err != nil {
-			t.Errorf("Acquire: %v", err)
-		}
+		assert.NoError(t, err, "Acquire")
 		got <- ng
 	}()
 	time.Sleep(300 * time.Millisecond)
@@ -743,18 +742,14 @@ func TestBackendAPIServerPause(t *testing.T) {
 		ctx, cancel := context.WithTimeout(bg(), 3*waitFor)
 		defer cancel()
 		ng, err := b.Acquire(ctx, core.Request{Name: name, Identity: "successor", Wait: true})
-		if err != nil {
-			t.Errorf("waiter: %v", err)
-		}
+		assert.NoError(t, err, "waiter")
 		got <- result{ng, time.Now()}
 	}()
 
 	apiserver, err := os.FindProcess(cp.apiserverPID)
 	require.NoError(t, err)
 	resume := sync.OnceFunc(func() {
-		if err := apiserver.Signal(syscall.SIGCONT); err != nil {
-			t.Errorf("SIGCONT to the API server: %v", err)
-		}
+		assert.NoError(t, apiserver.Signal(syscall.SIGCONT), "SIGCONT to the API server")
 	})
 	t.Cleanup(resume)
 	require.NoError(t, apiserver.Signal(syscall.SIGSTOP), "SIGSTOP to the API server")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -233,9 +234,7 @@ func TestCrashFailover(t *testing.T) {
 	got := make(chan context.Context, 1)
 	go func() {
 		h, err := b.Lock(lockCtx(t))
-		if err != nil {
-			t.Errorf("b.Lock: %v", err)
-		}
+		assert.NoError(t, err, "b.Lock")
 		got <- h
 	}()
 	require.Eventually(t, func() bool { return eb.waiters() == "1" }, waitFor, 20*time.Millisecond, "b's request reached its elector")

@@ -387,9 +387,7 @@ func TestMetaparticleJavaScriptClient(t *testing.T) {
 	got := make(chan *transport.Lease, 1)
 	go func() {
 		l, err := c.Acquire(context.Background(), "shared", "web-1", true)
-		if err != nil {
-			t.Errorf("v1 Acquire: %v", err)
-		}
+		assert.NoError(t, err, "v1 Acquire")
 		got <- l
 	}()
 	post(t, p.addr, "/debug/revoke/shared")
