@@ -160,9 +160,9 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 	if testing.Short() && controlPlaneEnv() == "" {
 		t.Skip("-short: a fault round runs for tens of seconds")
 	}
-	seed := uint64(time.Now().UnixNano())
-	r := &round{t: t, cfg: cfg, rng: rand.New(rand.NewPCG(seed, 0)), injected: map[string]int{}}
-	t.Logf("round %s: seed %d", cfg.name, seed)
+	randStart := uint64(time.Now().UnixNano())
+	r := &round{t: t, cfg: cfg, rng: rand.New(rand.NewPCG(randStart, 0)), injected: map[string]int{}}
+	t.Logf("round %s: random start %d", cfg.name, randStart)
 	dir, err := os.MkdirTemp("", "mpsync-faults-"+cfg.name+"-")
 	require.NoError(t, err)
 	r.dir = dir
@@ -342,7 +342,7 @@ func (r *round) startClient(c *clientProc) error {
 		"-name", c.name,
 		"-history", filepath.Join(r.hist, c.name+".jsonl"),
 		"-run-max", (3 * r.cfg.lease).String(),
-		"-seed", fmt.Sprint(r.rng.Uint64()),
+		"-rand", fmt.Sprint(r.rng.Uint64()),
 	}
 	if c.abandon {
 		args = append(args, "-abandon", "-locks", strings.Join(r.cfg.locks, ","))
