@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
+
 	"github.com/mpsync/mpsync/bench/internal/measure"
 )
 
@@ -104,23 +106,24 @@ func (h *harness) startElector(g *group, name, backend, identity string, extra .
 		return nil, "", err
 	}
 	p.late = true
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, addr, nil
-			}
-		}
+	err = electorproc.Poll("elector "+name+" ready", 30*time.Second, 50*time.Millisecond, func() bool {
 		if p.HasExited() {
-			return nil, "", fmt.Errorf("elector %s exited (%v); its log ends:\n%s", name, p.Err(), p.Tail(5))
+			return true
 		}
-		if time.Now().After(deadline) {
-			return nil, "", fmt.Errorf("elector %s not ready after 30s; its log ends:\n%s", name, p.Tail(5))
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if p.HasExited() {
+		return nil, "", fmt.Errorf("elector %s exited (%v); its log ends:\n%s", name, p.Err(), p.Tail(5))
 	}
+	if err != nil {
+		return nil, "", fmt.Errorf("%w; its log ends:\n%s", err, p.Tail(5))
+	}
+	return p, addr, nil
 }
 
 func freePort() (int, error) {
