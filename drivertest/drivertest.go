@@ -3,11 +3,15 @@
 // cases, run through the portable mpsync.Lock and mpsync.Election, against
 // every transport and backend. A transport passes if RunConformanceTests
 // passes against it.
+//
+// The suite never sleeps in place of a condition: it waits for what it
+// needs to have happened (an Acquire call under way, an event, a context
+// done), bounded by Timeout. Independent cases run in parallel, each on a
+// lock name of its own; the goroutine-leak case runs alone after them.
 package drivertest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -16,12 +20,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/mpsync/mpsync"
 )
 
-// Harness connects the suite to the system under test.
+// Harness connects the suite to the system under test. Its methods are
+// called from parallel subtests and must be safe for concurrent use.
 type Harness interface {
 	// Transport returns a new transport to the system under test. Each
 	// call stands for a separate client process; with several electors,
@@ -34,11 +41,29 @@ type Harness interface {
 	Revoke(t *testing.T, name string)
 }
 
+// KnownFailures is implemented by a Harness whose system under test fails
+// some cases for a known reason not yet fixed. KnownFailures maps the name
+// of each such case (as in RunConformanceTests) to the reason; the suite
+// skips those cases and prints the reason, so that the failure stays in
+// sight without hiding the other cases' results.
+type KnownFailures interface {
+	KnownFailures() map[string]string
+}
+
 // Timeout bounds every wait in the suite. Waits end as soon as their
 // condition holds; the bound only turns a hang into a failure.
 var Timeout = 30 * time.Second
 
-// RunConformanceTests runs every case against h, each as a subtest.
+// ExpirySlack is how long after its local deadline a leadership context
+// whose renewals stopped may still take to report the end: the latency of
+// a timer on a loaded machine. It ends no earlier than the deadline.
+var ExpirySlack = time.Second
+
+// poll is how often a wait re-checks a condition it cannot be told of.
+const poll = 5 * time.Millisecond
+
+// RunConformanceTests runs every case against h, each as a subtest. The
+// cases run in parallel, but for NoGoroutineLeak, which runs alone last.
 func RunConformanceTests(t *testing.T, h Harness) {
 	cases := []struct {
 		name string
@@ -52,15 +77,30 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"CancelledWaiterHoldsNothing", testCancelledWaiter},
 		{"TokensIncrease", testTokensIncrease},
 		{"NotReentrant", testNotReentrant},
+		{"LocalDeadlineExpiry", testLocalDeadlineExpiry},
+		{"WatchCoalesces", testWatchCoalesces},
 		{"ElectionEventOrder", testElectionEventOrder},
 		{"ElectionFollowersLearnLeader", testElectionFollowers},
 		{"ElectionHandover", testElectionHandover},
 		{"EventsClosedAfterRun", testEventsClosed},
-		{"NoGoroutineLeak", testNoGoroutineLeak},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) { c.fn(t, h) })
+	var known map[string]string
+	if k, ok := h.(KnownFailures); ok {
+		known = k.KnownFailures()
 	}
+	// The group returns once all its parallel subtests have finished.
+	t.Run("Parallel", func(t *testing.T) {
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				if why, ok := known[c.name]; ok {
+					t.Skipf("known failure of this system: %s", why)
+				}
+				t.Parallel()
+				c.fn(t, h)
+			})
+		}
+	})
+	t.Run("NoGoroutineLeak", func(t *testing.T) { testNoGoroutineLeak(t, h) })
 }
 
 // lockName returns a fresh lock name for the test, so that the suite can
@@ -82,10 +122,13 @@ func lockName(t *testing.T) string {
 
 func newLock(t *testing.T, h Harness, name, id string) *mpsync.Lock {
 	t.Helper()
-	l, err := mpsync.NewLock(name, mpsync.WithTransport(h.Transport(t)), mpsync.WithIdentity(id))
-	if err != nil {
-		t.Fatalf("NewLock(%q): %v", name, err)
-	}
+	return newLockOn(t, h.Transport(t), name, id)
+}
+
+func newLockOn(t *testing.T, tr mpsync.Transport, name, id string) *mpsync.Lock {
+	t.Helper()
+	l, err := mpsync.NewLock(name, mpsync.WithTransport(tr), mpsync.WithIdentity(id))
+	require.NoError(t, err, "NewLock(%q)", name)
 	return l
 }
 
@@ -101,19 +144,49 @@ func waitDone(t *testing.T, ctx context.Context, what string) {
 	select {
 	case <-ctx.Done():
 	case <-time.After(Timeout):
-		t.Fatalf("%s: leadership context still live after %v", what, Timeout)
+		require.FailNow(t, "leadership context still live", "%s: after %v", what, Timeout)
 	}
+}
+
+// observed wraps a Transport to let the suite see its calls and to stop
+// renewals, as a client whose elector stopped answering would see them.
+type observed struct {
+	mpsync.Transport
+	acquiring atomic.Int32 // Acquire calls under way
+	stall     bool         // Renew blocks until its context ends
+	validity  atomic.Int64 // of the latest lease granted, in nanoseconds
+}
+
+func (o *observed) Acquire(ctx context.Context, name, identity string, wait bool) (mpsync.Lease, error) {
+	o.acquiring.Add(1)
+	defer o.acquiring.Add(-1)
+	l, err := o.Transport.Acquire(ctx, name, identity, wait)
+	if err != nil {
+		return nil, err
+	}
+	o.validity.Store(int64(l.Validity()))
+	if o.stall {
+		return stalledLease{l}, nil
+	}
+	return l, nil
+}
+
+// stalledLease is a lease whose renewals never get an answer.
+type stalledLease struct{ mpsync.Lease }
+
+func (stalledLease) Renew(ctx context.Context) (time.Duration, error) {
+	<-ctx.Done()
+	return 0, ctx.Err()
 }
 
 func testExclusion(t *testing.T, h Harness) {
 	const contenders, rounds = 5, 6
 	name := lockName(t)
 	var (
-		inside   atomic.Int32
-		mu       sync.Mutex
-		tokens   []uint64
-		failures atomic.Int32
-		wg       sync.WaitGroup
+		inside atomic.Int32
+		mu     sync.Mutex
+		tokens []uint64
+		wg     sync.WaitGroup
 	)
 	for i := range contenders {
 		l := newLock(t, h, name, fmt.Sprintf("contender-%d", i))
@@ -122,140 +195,94 @@ func testExclusion(t *testing.T, h Harness) {
 			defer wg.Done()
 			for range rounds {
 				held, err := l.Lock(ctxTimeout(t))
-				if err != nil {
-					t.Errorf("%s: Lock: %v", l.Identity(), err)
+				if !assert.NoError(t, err, "%s: Lock", l.Identity()) {
 					return
 				}
-				if n := inside.Add(1); n != 1 {
-					failures.Add(1)
-					t.Errorf("%s: %d holders at once", l.Identity(), n)
-				}
+				assert.Equal(t, int32(1), inside.Add(1), "%s: holders at once", l.Identity())
 				tok, ok := mpsync.FencingToken(held)
-				if !ok {
-					t.Errorf("%s: no fencing token on the leadership context", l.Identity())
-				}
+				assert.True(t, ok, "%s: no fencing token on the leadership context", l.Identity())
 				mu.Lock()
 				tokens = append(tokens, tok)
 				mu.Unlock()
-				time.Sleep(time.Millisecond) // hold it for a moment
-				if held.Err() != nil {
-					t.Errorf("%s: lost the lock while holding it: %v", l.Identity(), context.Cause(held))
-				}
+				// Hold it across a reschedule, so that an overlapping
+				// holder would be seen inside.
+				time.Sleep(time.Millisecond)
+				assert.NoError(t, held.Err(), "%s: lost the lock while holding it: %v", l.Identity(), context.Cause(held))
 				inside.Add(-1)
-				if err := l.Unlock(); err != nil {
-					t.Errorf("%s: Unlock: %v", l.Identity(), err)
-				}
+				assert.NoError(t, l.Unlock(), "%s: Unlock", l.Identity())
 			}
 		}()
 	}
 	wg.Wait()
-	if got, want := len(tokens), contenders*rounds; got != want {
-		t.Fatalf("%d acquisitions, want %d", got, want)
-	}
+	require.Len(t, tokens, contenders*rounds, "acquisitions")
 	for i := 1; i < len(tokens); i++ {
-		if tokens[i] <= tokens[i-1] {
-			t.Errorf("token %d of acquisition %d is not greater than %d before it", tokens[i], i, tokens[i-1])
-		}
+		assert.Greater(t, tokens[i], tokens[i-1], "token of acquisition %d against the one before it", i)
 	}
 }
 
 func testTryLock(t *testing.T, h Harness) {
 	name := lockName(t)
 	a, b := newLock(t, h, name, "a"), newLock(t, h, name, "b")
-	if _, err := a.TryLock(ctxTimeout(t)); err != nil {
-		t.Fatalf("a.TryLock on a free lock: %v", err)
-	}
-	if _, err := b.TryLock(ctxTimeout(t)); !errors.Is(err, mpsync.ErrLocked) {
-		t.Fatalf("b.TryLock while a holds: got %v, want ErrLocked", err)
-	}
-	if err := a.Unlock(); err != nil {
-		t.Fatalf("a.Unlock: %v", err)
-	}
+	_, err := a.TryLock(ctxTimeout(t))
+	require.NoError(t, err, "a.TryLock on a free lock")
+	_, err = b.TryLock(ctxTimeout(t))
+	require.ErrorIs(t, err, mpsync.ErrLocked, "b.TryLock while a holds")
+	require.NoError(t, a.Unlock(), "a.Unlock")
 	// After the release, TryLock succeeds (at once on one elector; as soon
 	// as the release has propagated to b's elector with several).
-	deadline := time.Now().Add(Timeout)
-	for {
-		held, err := b.TryLock(ctxTimeout(t))
-		if err == nil {
-			if held.Err() != nil {
-				t.Fatalf("b's leadership context is done at once: %v", context.Cause(held))
-			}
-			break
+	var held context.Context
+	require.Eventually(t, func() bool {
+		held, err = b.TryLock(ctxTimeout(t))
+		if err != nil {
+			require.ErrorIs(t, err, mpsync.ErrLocked, "b.TryLock after a.Unlock")
+			return false
 		}
-		if !errors.Is(err, mpsync.ErrLocked) || time.Now().After(deadline) {
-			t.Fatalf("b.TryLock after a.Unlock: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err := b.Unlock(); err != nil {
-		t.Fatalf("b.Unlock: %v", err)
-	}
+		return true
+	}, Timeout, poll, "b.TryLock after a.Unlock")
+	assert.NoError(t, held.Err(), "b's leadership context is done at once: %v", context.Cause(held))
+	assert.NoError(t, b.Unlock(), "b.Unlock")
 }
 
 func testLossByRevoke(t *testing.T, h Harness) {
 	name := lockName(t)
 	a, b := newLock(t, h, name, "a"), newLock(t, h, name, "b")
 	held, err := a.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("a.Lock: %v", err)
-	}
+	require.NoError(t, err, "a.Lock")
 	tokA, _ := mpsync.FencingToken(held)
 	h.Revoke(t, name)
 	waitDone(t, held, "after Revoke")
-	if cause := context.Cause(held); !errors.Is(cause, mpsync.ErrLockLost) {
-		t.Errorf("cause after Revoke = %v, want ErrLockLost", cause)
-	}
-	if err := a.Unlock(); err != nil {
-		t.Errorf("a.Unlock after a loss: %v, want nil", err)
-	}
+	assert.ErrorIs(t, context.Cause(held), mpsync.ErrLockLost, "cause after Revoke")
+	assert.NoError(t, a.Unlock(), "a.Unlock after a loss")
 	heldB, err := b.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("b.Lock after the revoke: %v", err)
-	}
-	if tokB, _ := mpsync.FencingToken(heldB); tokB <= tokA {
-		t.Errorf("b's token %d is not greater than a's %d", tokB, tokA)
-	}
-	b.Unlock()
+	require.NoError(t, err, "b.Lock after the revoke")
+	tokB, _ := mpsync.FencingToken(heldB)
+	assert.Greater(t, tokB, tokA, "b's token against a's")
+	assert.NoError(t, b.Unlock(), "b.Unlock")
 }
 
 func testReleaseOnUnlock(t *testing.T, h Harness) {
 	name := lockName(t)
 	a, b := newLock(t, h, name, "a"), newLock(t, h, name, "b")
 	heldA, err := a.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("a.Lock: %v", err)
-	}
+	require.NoError(t, err, "a.Lock")
 	got := make(chan context.Context, 1)
 	go func() {
 		held, err := b.Lock(ctxTimeout(t))
-		if err != nil {
-			t.Errorf("b.Lock: %v", err)
-		}
+		assert.NoError(t, err, "b.Lock")
 		got <- held
 	}()
-	if err := a.Unlock(); err != nil {
-		t.Fatalf("a.Unlock: %v", err)
-	}
-	if heldA.Err() == nil {
-		t.Fatal("a's leadership context is live after Unlock returned")
-	}
-	if cause := context.Cause(heldA); !errors.Is(cause, mpsync.ErrUnlocked) {
-		t.Errorf("cause after Unlock = %v, want ErrUnlocked", cause)
-	}
+	require.NoError(t, a.Unlock(), "a.Unlock")
+	require.Error(t, heldA.Err(), "a's leadership context is live after Unlock returned")
+	assert.ErrorIs(t, context.Cause(heldA), mpsync.ErrUnlocked, "cause after Unlock")
 	heldB := <-got
 	if heldB == nil {
 		return
 	}
 	tokA, _ := mpsync.FencingToken(heldA)
-	if tokB, _ := mpsync.FencingToken(heldB); tokB <= tokA {
-		t.Errorf("b's token %d is not greater than a's %d", tokB, tokA)
-	}
-	if err := b.Unlock(); err != nil {
-		t.Errorf("b.Unlock: %v", err)
-	}
-	if err := b.Unlock(); !errors.Is(err, mpsync.ErrNotHeld) {
-		t.Errorf("second b.Unlock = %v, want ErrNotHeld", err)
-	}
+	tokB, _ := mpsync.FencingToken(heldB)
+	assert.Greater(t, tokB, tokA, "b's token against a's")
+	assert.NoError(t, b.Unlock(), "b.Unlock")
+	assert.ErrorIs(t, b.Unlock(), mpsync.ErrNotHeld, "second b.Unlock")
 }
 
 func testReleaseOnContextEnd(t *testing.T, h Harness) {
@@ -263,51 +290,40 @@ func testReleaseOnContextEnd(t *testing.T, h Harness) {
 	a, b := newLock(t, h, name, "a"), newLock(t, h, name, "b")
 	ctx, cancel := context.WithCancel(ctxTimeout(t))
 	heldA, err := a.Lock(ctx)
-	if err != nil {
-		t.Fatalf("a.Lock: %v", err)
-	}
+	require.NoError(t, err, "a.Lock")
 	cancel()
 	waitDone(t, heldA, "after its parent was cancelled")
 	heldB, err := b.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("b.Lock after a's context ended: %v", err)
-	}
-	if heldB.Err() != nil {
-		t.Fatalf("b's leadership context is done at once: %v", context.Cause(heldB))
-	}
-	b.Unlock()
-	a.Unlock()
+	require.NoError(t, err, "b.Lock after a's context ended")
+	assert.NoError(t, heldB.Err(), "b's leadership context is done at once: %v", context.Cause(heldB))
+	assert.NoError(t, b.Unlock(), "b.Unlock")
+	assert.NoError(t, a.Unlock(), "a.Unlock after its context ended")
 }
 
 func testCancelledWaiter(t *testing.T, h Harness) {
 	name := lockName(t)
-	a, b, c := newLock(t, h, name, "a"), newLock(t, h, name, "b"), newLock(t, h, name, "c")
-	if _, err := a.Lock(ctxTimeout(t)); err != nil {
-		t.Fatalf("a.Lock: %v", err)
-	}
+	a, c := newLock(t, h, name, "a"), newLock(t, h, name, "c")
+	trB := &observed{Transport: h.Transport(t)}
+	b := newLockOn(t, trB, name, "b")
+	_, err := a.Lock(ctxTimeout(t))
+	require.NoError(t, err, "a.Lock")
 	ctx, cancel := context.WithCancel(ctxTimeout(t))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := b.Lock(ctx)
 		errc <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // let b's request reach the elector, if it will
+	// b must be waiting in its transport's Acquire when it gives up.
+	require.Eventually(t, func() bool { return trB.acquiring.Load() == 1 }, Timeout, poll,
+		"b's Acquire call under way")
 	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Fatalf("b.Lock after its context was cancelled = %v, want context.Canceled", err)
-	}
-	if err := a.Unlock(); err != nil {
-		t.Fatalf("a.Unlock: %v", err)
-	}
+	require.ErrorIs(t, <-errc, context.Canceled, "b.Lock after its context was cancelled")
+	require.NoError(t, a.Unlock(), "a.Unlock")
 	// c must get the lock: b, gone, must not have been handed it.
 	held, err := c.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("c.Lock after b gave up waiting: %v", err)
-	}
-	if held.Err() != nil {
-		t.Fatalf("c's leadership context is done at once: %v", context.Cause(held))
-	}
-	c.Unlock()
+	require.NoError(t, err, "c.Lock after b gave up waiting")
+	assert.NoError(t, held.Err(), "c's leadership context is done at once: %v", context.Cause(held))
+	assert.NoError(t, c.Unlock(), "c.Unlock")
 }
 
 func testTokensIncrease(t *testing.T, h Harness) {
@@ -317,49 +333,152 @@ func testTokensIncrease(t *testing.T, h Harness) {
 	for i := range 9 {
 		l := locks[i%len(locks)]
 		held, err := l.Lock(ctxTimeout(t))
-		if err != nil {
-			t.Fatalf("%s.Lock: %v", l.Identity(), err)
-		}
+		require.NoError(t, err, "%s.Lock", l.Identity())
 		tok, ok := mpsync.FencingToken(held)
-		if !ok || tok <= last {
-			t.Errorf("acquisition %d by %s: token %d (ok=%v), want > %d", i, l.Identity(), tok, ok, last)
-		}
+		assert.True(t, ok, "acquisition %d by %s has no token", i, l.Identity())
+		assert.Greater(t, tok, last, "acquisition %d by %s", i, l.Identity())
 		last = tok
-		if err := l.Unlock(); err != nil {
-			t.Fatalf("%s.Unlock: %v", l.Identity(), err)
-		}
+		require.NoError(t, l.Unlock(), "%s.Unlock", l.Identity())
 	}
-	if _, ok := mpsync.FencingToken(context.Background()); ok {
-		t.Error("FencingToken(context.Background()) reported a token")
-	}
+	_, ok := mpsync.FencingToken(context.Background())
+	assert.False(t, ok, "FencingToken(context.Background()) reported a token")
 }
 
 func testNotReentrant(t *testing.T, h Harness) {
 	name := lockName(t)
 	a := newLock(t, h, name, "a")
-	if err := a.Unlock(); !errors.Is(err, mpsync.ErrNotHeld) {
-		t.Errorf("Unlock before Lock = %v, want ErrNotHeld", err)
+	assert.ErrorIs(t, a.Unlock(), mpsync.ErrNotHeld, "Unlock before Lock")
+	_, err := a.Lock(ctxTimeout(t))
+	require.NoError(t, err, "a.Lock")
+	_, err = a.Lock(ctxTimeout(t))
+	assert.ErrorIs(t, err, mpsync.ErrBusy, "second Lock")
+	_, err = a.TryLock(ctxTimeout(t))
+	assert.ErrorIs(t, err, mpsync.ErrBusy, "TryLock while held")
+	require.NoError(t, a.Unlock(), "Unlock")
+}
+
+// testLocalDeadlineExpiry: a holder whose renewals get no answer keeps its
+// leadership context until the local deadline (the request's send time
+// plus the lease's validity) and loses it then, with ErrExpired, whatever
+// the transport is doing.
+func testLocalDeadlineExpiry(t *testing.T, h Harness) {
+	name := lockName(t)
+	tr := &observed{Transport: h.Transport(t), stall: true}
+	a := newLockOn(t, tr, name, "a")
+	before := time.Now()
+	held, err := a.Lock(ctxTimeout(t))
+	require.NoError(t, err, "a.Lock")
+	validity := time.Duration(tr.validity.Load())
+	require.Positive(t, validity, "the lease's validity")
+	deadline, ok := mpsync.ValidUntil(held)
+	require.True(t, ok, "ValidUntil on the leadership context")
+	// The deadline counts from when the request left, which is between
+	// the call to Lock and now.
+	assert.False(t, deadline.Before(before.Add(validity)), "deadline %v is before Lock's call plus validity %v", deadline, validity)
+	assert.False(t, deadline.After(time.Now().Add(validity)), "deadline %v is after now plus validity %v", deadline, validity)
+
+	select {
+	case <-held.Done():
+	case <-time.After(time.Until(deadline) + Timeout):
+		require.FailNow(t, "leadership context still live", "%v after its deadline", Timeout)
 	}
-	if _, err := a.Lock(ctxTimeout(t)); err != nil {
-		t.Fatalf("a.Lock: %v", err)
+	ended := time.Now()
+	assert.False(t, ended.Before(deadline), "the term ended %v before its deadline", deadline.Sub(ended))
+	assert.LessOrEqual(t, ended.Sub(deadline), ExpirySlack, "lateness of the end after the deadline")
+	assert.ErrorIs(t, context.Cause(held), mpsync.ErrLockLost, "cause at the deadline")
+	assert.ErrorIs(t, context.Cause(held), mpsync.ErrExpired, "cause at the deadline")
+	assert.NoError(t, a.Unlock(), "Unlock after the expiry")
+}
+
+// testWatchCoalesces: a watcher whose callback is slow while the holder
+// changes many times is next called with the latest state, not with each
+// state it missed.
+func testWatchCoalesces(t *testing.T, h Harness) {
+	const changes = 6
+	name := lockName(t)
+	tr := h.Transport(t) // the slow watcher and the probe share one elector
+	first := newLock(t, h, name, "holder-0")
+	_, err := first.Lock(ctxTimeout(t))
+	require.NoError(t, err, "holder-0.Lock")
+
+	ctx, cancel := context.WithCancel(ctxTimeout(t))
+	seen := make(chan mpsync.Holder, 64)
+	resume := make(chan struct{})
+	watched := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		watched <- tr.Watch(ctx, name, func(s mpsync.Holder) {
+			seen <- s
+			once.Do(func() { <-resume }) // slow on the first call
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		assert.ErrorIs(t, <-watched, context.Canceled, "the slow Watch")
+	})
+	// Whatever the first state is (holder-0, or free on an elector that
+	// has not yet learnt of it), the watcher is stuck in it.
+	firstSeen := nextHolder(t, seen, func(mpsync.Holder) bool { return true })
+
+	// Hand the lock down a chain of holders while the watcher is stuck.
+	prev := first
+	var last mpsync.Holder
+	for i := 1; i <= changes; i++ {
+		l := newLock(t, h, name, fmt.Sprintf("holder-%d", i))
+		got := make(chan context.Context, 1)
+		go func() {
+			held, err := l.Lock(ctxTimeout(t))
+			assert.NoError(t, err, "%s.Lock", l.Identity())
+			got <- held
+		}()
+		require.NoError(t, prev.Unlock(), "%s.Unlock", prev.Identity())
+		held := <-got
+		require.NotNil(t, held, "%s holds", l.Identity())
+		tok, _ := mpsync.FencingToken(held)
+		last = mpsync.Holder{Identity: l.Identity(), Token: tok}
+		prev = l
 	}
-	if _, err := a.Lock(ctxTimeout(t)); !errors.Is(err, mpsync.ErrBusy) {
-		t.Errorf("second Lock = %v, want ErrBusy", err)
+	t.Cleanup(func() { assert.NoError(t, prev.Unlock(), "last holder's Unlock") })
+
+	// A probe on the same elector sees the latest state: the slow
+	// watcher's elector knows it too.
+	pctx, pcancel := context.WithCancel(ctxTimeout(t))
+	err = tr.Watch(pctx, name, func(s mpsync.Holder) {
+		if s == last {
+			pcancel()
+		}
+	})
+	pcancel()
+	require.ErrorIs(t, err, context.Canceled, "the probe Watch")
+
+	close(resume)
+	select {
+	case s := <-seen:
+		assert.Equal(t, last, s, "the slow watcher's next state after %d changes since %+v", 2*changes, firstSeen)
+	case <-time.After(Timeout):
+		require.FailNow(t, "slow watcher not called again", "within %v", Timeout)
 	}
-	if _, err := a.TryLock(ctxTimeout(t)); !errors.Is(err, mpsync.ErrBusy) {
-		t.Errorf("TryLock while held = %v, want ErrBusy", err)
-	}
-	if err := a.Unlock(); err != nil {
-		t.Fatalf("Unlock: %v", err)
+}
+
+func nextHolder(t *testing.T, seen <-chan mpsync.Holder, ok func(mpsync.Holder) bool) mpsync.Holder {
+	t.Helper()
+	timeout := time.After(Timeout)
+	for {
+		select {
+		case s := <-seen:
+			if ok(s) {
+				return s
+			}
+		case <-timeout:
+			require.FailNow(t, "no such holder state", "within %v", Timeout)
+		}
 	}
 }
 
 func newElection(t *testing.T, h Harness, name, id string) *mpsync.Election {
 	t.Helper()
 	e, err := mpsync.NewElection(name, mpsync.WithTransport(h.Transport(t)), mpsync.WithIdentity(id))
-	if err != nil {
-		t.Fatalf("NewElection(%q): %v", name, err)
-	}
+	require.NoError(t, err, "NewElection(%q)", name)
 	return e
 }
 
@@ -375,11 +494,9 @@ func run(t *testing.T, e *mpsync.Election) (stop func()) {
 			cancel()
 			select {
 			case err := <-errc:
-				if !errors.Is(err, context.Canceled) {
-					t.Errorf("%s: Run = %v, want context.Canceled", e.Identity(), err)
-				}
+				assert.ErrorIs(t, err, context.Canceled, "%s: Run", e.Identity())
 			case <-time.After(Timeout):
-				t.Fatalf("%s: Run did not return %v after its context ended", e.Identity(), Timeout)
+				require.FailNow(t, "Run did not return", "%s: %v after its context ended", e.Identity(), Timeout)
 			}
 		})
 	}
@@ -394,14 +511,12 @@ func next(t *testing.T, e *mpsync.Election, what string, ok func(mpsync.Event) b
 	for {
 		select {
 		case ev, open := <-e.Events():
-			if !open {
-				t.Fatalf("%s: Events closed while waiting for %s", e.Identity(), what)
-			}
+			require.True(t, open, "%s: Events closed while waiting for %s", e.Identity(), what)
 			if ok(ev) {
 				return ev
 			}
 		case <-timeout:
-			t.Fatalf("%s: no %s within %v", e.Identity(), what, Timeout)
+			require.FailNow(t, "no such event", "%s: no %s within %v", e.Identity(), what, Timeout)
 		}
 	}
 }
@@ -413,23 +528,18 @@ func testElectionEventOrder(t *testing.T, h Harness) {
 	e := newElection(t, h, name, "solo")
 	run(t, e)
 	first := next(t, e, "Leader event", isLeader)
-	if first.Leader != "solo" || first.Context == nil || first.Context.Err() != nil {
-		t.Fatalf("first Leader event = %+v, want Leader %q and a live Context", first, "solo")
-	}
-	if tok, _ := mpsync.FencingToken(first.Context); tok != first.Token {
-		t.Errorf("Event.Token %d, but the Context carries %d", first.Token, tok)
-	}
+	require.Equal(t, "solo", first.Leader, "first Leader event's Leader")
+	require.NotNil(t, first.Context, "first Leader event's Context")
+	require.NoError(t, first.Context.Err(), "first Leader event's Context")
+	tok, _ := mpsync.FencingToken(first.Context)
+	assert.Equal(t, first.Token, tok, "the Context's token against Event.Token")
 	h.Revoke(t, name)
 	waitDone(t, first.Context, "leader after Revoke")
 	// The next event must be a Follower event, then a new term.
 	ev := next(t, e, "event after the loss", func(mpsync.Event) bool { return true })
-	if ev.Role != mpsync.Follower {
-		t.Fatalf("event after the loss = %v, want a Follower event", ev.Role)
-	}
+	require.Equal(t, mpsync.Follower, ev.Role, "event after the loss")
 	second := next(t, e, "second Leader event", isLeader)
-	if second.Token <= first.Token {
-		t.Errorf("second term's token %d is not greater than the first's %d", second.Token, first.Token)
-	}
+	assert.Greater(t, second.Token, first.Token, "second term's token against the first's")
 }
 
 func testElectionFollowers(t *testing.T, h Harness) {
@@ -442,17 +552,12 @@ func testElectionFollowers(t *testing.T, h Harness) {
 	ev := next(t, b, "Follower event naming a", func(ev mpsync.Event) bool {
 		return ev.Role == mpsync.Follower && ev.Leader == "a"
 	})
-	if ev.Token != lead.Token || ev.Context != nil {
-		t.Errorf("b's Follower event = %+v, want Token %d and no Context", ev, lead.Token)
-	}
+	assert.Equal(t, lead.Token, ev.Token, "b's Follower event's Token")
+	assert.Nil(t, ev.Context, "b's Follower event's Context")
 	stopA()
-	if lead.Context.Err() == nil {
-		t.Error("a's leadership context is live after its Run returned")
-	}
+	assert.Error(t, lead.Context.Err(), "a's leadership context after its Run returned")
 	ev = next(t, b, "Leader event after a stopped", isLeader)
-	if ev.Token <= lead.Token {
-		t.Errorf("b's token %d is not greater than a's %d", ev.Token, lead.Token)
-	}
+	assert.Greater(t, ev.Token, lead.Token, "b's token against a's")
 }
 
 func testElectionHandover(t *testing.T, h Harness) {
@@ -487,14 +592,12 @@ func testElectionHandover(t *testing.T, h Harness) {
 		select {
 		case ev = <-leaders:
 		case <-time.After(Timeout):
-			t.Fatalf("round %d: no leader within %v", round, Timeout)
+			require.FailNow(t, "no leader", "round %d: within %v", round, Timeout)
 		}
-		if last.Context != nil && last.Context.Err() == nil {
-			t.Fatalf("round %d: %s leads while %s's term is live", round, ev.Leader, last.Leader)
+		if last.Context != nil {
+			require.Error(t, last.Context.Err(), "round %d: %s leads while %s's term is live", round, ev.Leader, last.Leader)
 		}
-		if ev.Token <= last.Token {
-			t.Errorf("round %d: token %d not greater than %d", round, ev.Token, last.Token)
-		}
+		assert.Greater(t, ev.Token, last.Token, "round %d: token against the last term's", round)
 		last = ev
 		for _, c := range cands {
 			if c.e.Identity() == ev.Leader {
@@ -510,14 +613,10 @@ func testEventsClosed(t *testing.T, h Harness) {
 	stop := run(t, e)
 	lead := next(t, e, "Leader event", isLeader)
 	stop()
-	if lead.Context.Err() == nil {
-		t.Error("leadership context live after Run returned")
-	}
+	assert.Error(t, lead.Context.Err(), "leadership context after Run returned")
 	for range e.Events() {
 	}
-	if err := e.Run(context.Background()); !errors.Is(err, mpsync.ErrRunning) {
-		t.Errorf("second Run = %v, want ErrRunning", err)
-	}
+	assert.ErrorIs(t, e.Run(context.Background()), mpsync.ErrRunning, "second Run")
 }
 
 func testNoGoroutineLeak(t *testing.T, h Harness) {
@@ -531,22 +630,15 @@ func testNoGoroutineLeak(t *testing.T, h Harness) {
 	})
 	name := lockName(t)
 	l := newLock(t, h, name, "a")
-	held, err := l.Lock(ctxTimeout(t))
-	if err != nil {
-		t.Fatalf("Lock: %v", err)
-	}
-	_ = held
-	if err := l.Unlock(); err != nil {
-		t.Fatalf("Unlock: %v", err)
-	}
+	_, err := l.Lock(ctxTimeout(t))
+	require.NoError(t, err, "Lock")
+	require.NoError(t, l.Unlock(), "Unlock")
 	ctx, cancel := context.WithCancel(context.Background())
 	lost, err := l.Lock(ctx)
-	if err != nil {
-		t.Fatalf("Lock: %v", err)
-	}
+	require.NoError(t, err, "Lock")
 	cancel()
 	<-lost.Done()
-	l.Unlock()
+	assert.NoError(t, l.Unlock(), "Unlock after the context ended")
 	e := newElection(t, h, name, "b")
 	stop := run(t, e)
 	next(t, e, "Leader event", isLeader)

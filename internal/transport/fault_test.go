@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/core"
 )
 
@@ -98,7 +100,7 @@ func TestKillClient(t *testing.T) {
 			l, err := c.Acquire(bg(), name, "survivor", true)
 			got <- result{l, err, time.Now()}
 		}()
-		eventually(t, "survivor waiting", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+		require.Eventually(t, func() bool { return e.metric("mpsync_elector_waiters") == "1" }, waitFor, 10*time.Millisecond, "survivor waiting")
 
 		killed := time.Now()
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -193,12 +195,12 @@ func TestTermElector(t *testing.T) {
 		_, err := c.Acquire(bg(), "a", "web-2", true)
 		waiterErr <- err
 	}()
-	eventually(t, "waiter queued", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_waiters") == "1" }, waitFor, 10*time.Millisecond, "waiter queued")
 	// The waiter has its 200 and waiting line: the shutdown reaches it as
 	// an error line, which must fail it as a 503 would.
-	eventually(t, "the waiter told it waits", func() bool {
+	require.Eventually(t, func() bool {
 		return e.Logged("waiting for the lock", map[string]any{"name": "a", "identity": "web-2"})
-	})
+	}, waitFor, 10*time.Millisecond, "the waiter told it waits")
 
 	termed := time.Now()
 	e.Signal(syscall.SIGTERM)
@@ -256,7 +258,7 @@ func TestSilentElector(t *testing.T) {
 			}
 		})
 	}()
-	eventually(t, "heartbeats on the three streams", func() bool { return c.armedStreams() == 3 })
+	require.Eventually(t, func() bool { return c.armedStreams() == 3 }, waitFor, 10*time.Millisecond, "heartbeats on the three streams")
 	<-watching
 
 	e.Signal(syscall.SIGSTOP)

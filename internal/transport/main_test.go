@@ -118,18 +118,6 @@ func (e *elector) post(path string) {
 	}
 }
 
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitDone waits for a lease to end and returns how long that took.
 func waitDone(t *testing.T, l *Lease) time.Duration {
 	t.Helper()

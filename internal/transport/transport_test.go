@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/core"
 )
 
@@ -145,13 +147,13 @@ func TestUnknownSession(t *testing.T) {
 		t.Errorf("Release of an unknown session: %v, want nil", err)
 	}
 	// Release closed the stream, which released the lock all the same.
-	eventually(t, "the lock is free after Release", func() bool {
+	require.Eventually(t, func() bool {
 		l2, err := c.Acquire(bg(), "a", "web-2", false)
 		if err != nil {
 			return false
 		}
 		return l2.Release(bg()) == nil
-	})
+	}, waitFor, 10*time.Millisecond, "the lock is free after Release")
 }
 
 func TestExpired(t *testing.T) {
@@ -186,7 +188,7 @@ func TestAcquireWaitAndCancel(t *testing.T) {
 	if err != context.DeadlineExceeded {
 		t.Errorf("Acquire past its deadline: %v, want context.DeadlineExceeded itself", err)
 	}
-	eventually(t, "no waiter left", func() bool { return e.metric("mpsync_elector_waiters") == "0" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_waiters") == "0" }, waitFor, 10*time.Millisecond, "no waiter left")
 
 	// A wait that is granted.
 	got := make(chan *Lease, 1)
@@ -197,7 +199,7 @@ func TestAcquireWaitAndCancel(t *testing.T) {
 		}
 		got <- l
 	}()
-	eventually(t, "waiter queued", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_waiters") == "1" }, waitFor, 10*time.Millisecond, "waiter queued")
 	if err := holder.Release(bg()); err != nil {
 		t.Fatal(err)
 	}

@@ -145,7 +145,7 @@ func TestLegacyRevoked(t *testing.T) {
 	js := &mpClient{e: e, name: "a"}
 	js.step()
 	e.doJSON("POST", "/debug/revoke/a", "", 200, nil)
-	eventually(t, "legacy grant forgotten", func() bool { return e.metric("mpsync_elector_locks_held") == "0" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_locks_held") == "0" }, waitFor, 10*time.Millisecond, "legacy grant forgotten")
 	// holdLock(): GET 404 now (the JS client just waits; the Python, Java
 	// and .NET clients report the loss on a GET that is not 200).
 	if get, put := js.step(); get != 404 || put != 0 {
@@ -176,7 +176,7 @@ func TestLegacyMapShrinks(t *testing.T) {
 	e.doJSON("PUT", "/locks/taken", "", 409, nil)
 	require.Equal(t, 100, e.s.legacyEntries(), "the 100 held legacy locks, and nothing for the 409 or the GETs")
 	// The leases end a second after the last PUT; then the map is empty.
-	eventually(t, "legacy locks forgotten after their leases ended", func() bool { return e.s.legacyEntries() == 0 })
+	require.Eventually(t, func() bool { return e.s.legacyEntries() == 0 }, waitFor, 10*time.Millisecond, "legacy locks forgotten after their leases ended")
 	// A forgotten lock is taken again with a greater token.
 	var st transport.LockState
 	e.doJSON("PUT", "/locks/legacy-0", "", 200, &st)

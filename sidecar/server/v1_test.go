@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
 	"github.com/mpsync/mpsync/sidecar/backend"
@@ -88,8 +90,8 @@ func TestAcquireLockedAndWait(t *testing.T) {
 	// and heartbeats while it waits.
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
 	waiter.wantWaiting()
-	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
-	eventually(t, "a heartbeat while waiting", func() bool { return waiter.heartbeats.Load() > 0 })
+	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 1 }, waitFor, 10*time.Millisecond, "waiter queued")
+	require.Eventually(t, func() bool { return waiter.heartbeats.Load() > 0 }, waitFor, 10*time.Millisecond, "a heartbeat while waiting")
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
 	ev := waiter.next()
 	if ev.Type != transport.EventAcquired || ev.Token <= first.Token {
@@ -138,7 +140,7 @@ func TestWaitedGrantIsNotRenewed(t *testing.T) {
 	e.mem = mem
 	_, first := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
-	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 1 }, waitFor, 10*time.Millisecond, "waiter queued")
 	waiter.wantWaiting() // sent after waitingAfter: the wait is longer than renewAfterWait
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
 	ev := waiter.next()
@@ -160,15 +162,15 @@ func TestClientGoneReleases(t *testing.T) {
 	e := newEnv(t, Config{})
 	holder, _ := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
-	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 1 }, waitFor, 10*time.Millisecond, "waiter queued")
 
 	// A waiter that goes away leaves the queue.
 	waiter.close()
-	eventually(t, "waiter dropped", func() bool { _, w := e.mem.Stats(); return w == 0 })
+	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 0 }, waitFor, 10*time.Millisecond, "waiter dropped")
 
 	// A holder that goes away releases the lock.
 	holder.close()
-	eventually(t, "lock released", func() bool { return e.state("a").Holder == "" })
+	require.Eventually(t, func() bool { return e.state("a").Holder == "" }, waitFor, 10*time.Millisecond, "lock released")
 	if held, _ := e.mem.Stats(); held != 0 {
 		t.Errorf("%d locks held after every client went away, want 0", held)
 	}
@@ -241,7 +243,7 @@ func TestWatch(t *testing.T) {
 		t.Errorf("watchers gauge %s, want 1", got)
 	}
 	w.close()
-	eventually(t, "watch ended", func() bool { return e.metric("mpsync_elector_watchers") == "0" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_watchers") == "0" }, waitFor, 10*time.Millisecond, "watch ended")
 }
 
 // TestWatchHolderLineShape checks the exact bytes of a holder line: both
@@ -272,17 +274,17 @@ func TestMetricsCount(t *testing.T) {
 	e := newEnv(t, Config{})
 	_, ev := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
-	eventually(t, "waiters gauge 1", func() bool { return e.metric("mpsync_elector_waiters") == "1" })
+	require.Eventually(t, func() bool { return e.metric("mpsync_elector_waiters") == "1" }, waitFor, 10*time.Millisecond, "waiters gauge 1")
 	if got := e.metric("mpsync_elector_locks_held"); got != "1" {
 		t.Errorf("locks_held %s, want 1", got)
 	}
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
 	waiter.wantHead(200)
-	eventually(t, "counters", func() bool {
+	require.Eventually(t, func() bool {
 		return e.metric(`mpsync_elector_acquisitions_total{protocol="v1"}`) == "2" &&
 			e.metric(`mpsync_elector_releases_total{cause="request"}`) == "1" &&
 			e.metric("mpsync_elector_waiters") == "0"
-	})
+	}, waitFor, 10*time.Millisecond, "counters")
 }
 
 func TestShutdown(t *testing.T) {
@@ -290,7 +292,7 @@ func TestShutdown(t *testing.T) {
 	holder, _ := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
 	waiter.wantWaiting()
-	eventually(t, "waiter queued", func() bool { _, w := e.mem.Stats(); return w == 1 })
+	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 1 }, waitFor, 10*time.Millisecond, "waiter queued")
 	watcher := e.open("GET", "/v1/locks/a/watch", "")
 	watcher.wantHead(200)
 	watcher.next()

@@ -246,19 +246,6 @@ func (c *cluster) lease(t *testing.T, ns, name string) (lease, bool) {
 	return l, true
 }
 
-// eventually polls cond every 200 ms until it returns true, failing the
-// test with what after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not after %v: %s", timeout, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // line is one log line with the time the node's container runtime read it
 // (kubectl logs --timestamps).
 type line struct {
@@ -441,10 +428,10 @@ func (c *cluster) openLog(t *testing.T, ns string, p pod, container string) *log
 // and returns its log, parsed from the CRI format (TIME STREAM TAG TEXT).
 func (l *logFile) lines(t *testing.T, c *cluster) []line {
 	t.Helper()
-	eventually(t, waitTimeout, "container "+l.id+" to end", func() bool {
+	require.Eventually(t, func() bool {
 		out, err := exec.Command("ctr", "-a", c.containerd, "-n", "k8s.io", "tasks", "ls", "-q").Output()
 		return err == nil && !slices.Contains(strings.Fields(string(out)), l.id)
-	})
+	}, waitTimeout, 200*time.Millisecond, "container "+l.id+" to end")
 	data, err := io.ReadAll(l.f)
 	require.NoError(t, err)
 	var out []line

@@ -114,12 +114,12 @@ func TestElection(t *testing.T) {
 		assert.Less(t, took, leaseDuration+leaseSlack, "someone leads within the lease duration and %v", leaseSlack)
 		// The kubelet restarts the elector, which serves again: the pod is
 		// Ready and its app follows the new leader.
-		eventually(t, waitTimeout, "the elector restarted, the pod Ready, its app following "+next.holderPod(), func() bool {
+		require.Eventually(t, func() bool {
 			p := c.pod(t, ns, old.leader)
 			_, ready := p.ready()
 			st := lastState(c.logs(t, ns, old.leader, "app", false))
 			return p.elector().RestartCount > restarts && ready && st.leader == next.holderPod()
-		})
+		}, waitTimeout, 200*time.Millisecond, "the elector restarted, the pod Ready, its app following "+next.holderPod())
 		_, ok := first(electorLog(c.logs(t, ns, old.leader, "elector", false)), "serving", "")
 		assert.True(t, ok, "the restarted elector logged no serving line")
 		c.settled(t, ns)
@@ -209,10 +209,10 @@ func (c *cluster) settled(t *testing.T, ns string) appState {
 	t.Helper()
 	var s appState
 	var why string
-	eventually(t, waitTimeout, "one leader, two followers naming it", func() bool {
+	require.Eventually(t, func() bool {
 		s, why = c.electionState(t, ns)
 		return why == ""
-	})
+	}, waitTimeout, 200*time.Millisecond, "one leader, two followers naming it")
 	return s
 }
 
@@ -253,11 +253,11 @@ func (c *cluster) electionState(t *testing.T, ns string) (appState, string) {
 func (c *cluster) nextHolder(t *testing.T, ns, name, old string) lease {
 	t.Helper()
 	var l lease
-	eventually(t, waitTimeout, "the Lease "+name+" to name a holder other than "+old, func() bool {
+	require.Eventually(t, func() bool {
 		var ok bool
 		l, ok = c.lease(t, ns, name)
 		return ok && l.holderPod() != "" && l.holderPod() != old && l.Spec.AcquireTime != nil
-	})
+	}, waitTimeout, 200*time.Millisecond, "the Lease "+name+" to name a holder other than "+old)
 	return l
 }
 

@@ -30,7 +30,7 @@ func TestLock(t *testing.T) {
 
 	var holder, waiter string
 	var token uint64
-	eventually(t, waitTimeout, "one pod holds example-lock, the other waits", func() bool {
+	require.Eventually(t, func() bool {
 		pods := c.pods(t, ns, lockDeploy)
 		l, ok := c.lease(t, ns, lockLease)
 		if len(pods) != 2 || !ok || l.holderPod() == "" {
@@ -48,7 +48,7 @@ func TestLock(t *testing.T) {
 		}
 		token = l.Spec.LeaseTransitions
 		return holder != "" && waiter != ""
-	})
+	}, waitTimeout, 200*time.Millisecond, "one pod holds example-lock, the other waits")
 	t.Logf("%s holds (token %d), %s waits", holder, token, waiter)
 
 	// The holder releases after its 45 s hold; the waiter takes it.
@@ -58,9 +58,9 @@ func TestLock(t *testing.T) {
 	held := c.logs(t, ns, holder, "app", false)
 	released := slices.IndexFunc(held, func(l line) bool { return releasedLine.MatchString(l.Text) })
 	require.GreaterOrEqual(t, released, 0, "the holder said it released: %v", held)
-	eventually(t, waitTimeout, waiter+" says it acquired the lock", func() bool {
+	require.Eventually(t, func() bool {
 		return acquiredLine.MatchString(lastLockLine(c.logs(t, ns, waiter, "app", false)))
-	})
+	}, waitTimeout, 200*time.Millisecond, waiter+" says it acquired the lock")
 	waited := c.logs(t, ns, waiter, "app", false)
 	m := acquiredLine.FindStringSubmatch(lastLockLine(waited))
 	tok, _ := strconv.ParseUint(m[1], 10, 64)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -22,7 +23,7 @@ func TestRBAC(t *testing.T) {
 
 	refusal := `cannot list resource \"leases\" in API group \"coordination.k8s.io\"`
 	var name string
-	eventually(t, waitTimeout, "an elector logs that listing leases was refused", func() bool {
+	require.Eventually(t, func() bool {
 		pods := c.pods(t, ns, electionDeploy)
 		if len(pods) == 0 || pods[0].elector().ContainerID == "" {
 			return false
@@ -30,7 +31,7 @@ func TestRBAC(t *testing.T) {
 		name = pods[0].Metadata.Name
 		out, err := c.run("logs", "-n", ns, name, "-c", "elector")
 		return err == nil && strings.Contains(out, refusal)
-	})
+	}, waitTimeout, 200*time.Millisecond, "an elector logs that listing leases was refused")
 	lines := c.logs(t, ns, name, "elector", false)
 	var refused []electorEntry
 	for _, e := range electorLog(lines) {

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/sidecar/kube"
 )
@@ -21,21 +24,13 @@ import (
 func TestKubeBackendWaitersOfOneElector(t *testing.T) {
 	needControlPlane(t)
 	cp, err := sharedControlPlane()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ns, err := cp.namespace("faults-waiters")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cs, err := cp.clientset(cp.electorKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	b, err := kube.New(kube.Config{Client: cs, Namespace: ns, Identity: "e1", LeaseDuration: lease})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 
 	const waiters, rounds = 3, 10
 	var (
@@ -94,7 +89,5 @@ func TestKubeBackendWaitersOfOneElector(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := b.Close(ctx); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	assert.NoError(t, b.Close(ctx), "Close")
 }

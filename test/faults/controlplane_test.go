@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,9 +47,9 @@ type controlPlane struct {
 	readyz            *http.Client
 	adminToken        string
 
-	argv      []string // kube-apiserver's command line, for restarts
-	pid       int      // the running kube-apiserver, or the last one
-	restarted *proc    // the kube-apiserver this harness restarted, if any
+	argv      []string          // kube-apiserver's command line, for restarts
+	pid       int               // the running kube-apiserver, or the last one
+	restarted *electorproc.Proc // the kube-apiserver this harness restarted, if any
 }
 
 // startControlPlane starts a fresh control plane in dir and registers its
@@ -145,7 +146,7 @@ func (c *controlPlane) stop() {
 	}
 	_ = cmd.Run()
 	if c.restarted != nil {
-		c.restarted.stop(5 * time.Second) // normally already gone
+		c.restarted.Stop(5 * time.Second) // normally already gone
 	}
 }
 
@@ -168,30 +169,30 @@ func (c *controlPlane) apiserverReady() bool {
 // killAPIServer SIGKILLs the API server and waits until it is gone.
 func (c *controlPlane) killAPIServer() error {
 	if c.restarted != nil {
-		c.restarted.kill()
+		c.restarted.Kill()
 		return nil
 	}
 	if err := syscall.Kill(c.pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill kube-apiserver %d: %w", c.pid, err)
 	}
 	// start.sh's child, not ours: init reaps it.
-	return eventually("kube-apiserver exits", 10*time.Millisecond, func() bool { return !alive(c.pid) })
+	return electorproc.Poll("kube-apiserver exits", waitFor, 10*time.Millisecond, func() bool { return !alive(c.pid) })
 }
 
 // startAPIServer starts the API server again with the same command line
 // (same port, certificates in its --cert-dir, etcd), records its pid where
 // stop.sh looks for it, and waits until it is ready.
 func (c *controlPlane) startAPIServer() error {
-	p, err := startProc("kube-apiserver", filepath.Join(c.dir, "kube-apiserver.log"), nil, c.argv...)
+	p, err := electorproc.Run(electorproc.Spec{Name: "kube-apiserver", Argv: c.argv, Log: filepath.Join(c.dir, "kube-apiserver.log")})
 	if err != nil {
 		return err
 	}
-	c.restarted, c.pid = p, p.pid()
+	c.restarted, c.pid = p, p.Pid()
 	if err := os.WriteFile(filepath.Join(c.dir, "kube-apiserver.pid"), []byte(strconv.Itoa(c.pid)+"\n"), 0o644); err != nil {
 		return err
 	}
-	return eventually("restarted kube-apiserver ready", 50*time.Millisecond, func() bool {
-		return !p.exited() && c.apiserverReady()
+	return electorproc.Poll("restarted kube-apiserver ready", waitFor, 50*time.Millisecond, func() bool {
+		return !p.HasExited() && c.apiserverReady()
 	})
 }
 
@@ -226,7 +227,7 @@ func (c *controlPlane) namespace(prefix string) (string, error) {
 	}
 	// The API server's RBAC authorizer learns of the binding from its own
 	// watch: wait until it applies.
-	err = eventually("the elector user may list leases in "+name, 20*time.Millisecond, func() bool {
+	err = electorproc.Poll("the elector user may list leases in "+name, waitFor, 20*time.Millisecond, func() bool {
 		_, err := el.CoordinationV1().Leases(name).List(ctx, metav1.ListOptions{Limit: 1})
 		return err == nil
 	})

@@ -6,6 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
+	"github.com/mpsync/mpsync/internal/electorproc"
+
 	"github.com/mpsync/mpsync/test/faults/history"
 )
 
@@ -39,10 +43,8 @@ func TestElectorClockFastWithinModel(t *testing.T) {
 	fast, exact := r.electors[0], r.electors[1]
 	holder := &clientProc{slot: fast.id + "-c0", e: fast}
 	r.clients = append(r.clients, holder)
-	if err := r.startClient(holder); err != nil {
-		t.Fatal(err)
-	}
-	if err := eventually(holder.name+" holds lock-long", 10*time.Millisecond, func() bool {
+	require.NoError(t, r.startClient(holder))
+	if err := electorproc.Poll(holder.name+" holds lock-long", waitFor, 10*time.Millisecond, func() bool {
 		h, err := lockHolder(exact.addr, "lock-long")
 		return err == nil && h == holder.name
 	}); err != nil {
@@ -53,15 +55,11 @@ func TestElectorClockFastWithinModel(t *testing.T) {
 	// writes it, as in any long term.
 	r.wait(lease / 2)
 	r.note(history.Record{Ev: history.Fault, Kind: faultClientStop})
-	if err := holder.p.signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, holder.p.Signal(syscall.SIGSTOP))
 	waiter := &clientProc{slot: exact.id + "-c0", e: exact}
 	r.clients = append(r.clients, waiter)
-	if err := r.startClient(waiter); err != nil {
-		t.Fatal(err)
-	}
-	if err := eventually(waiter.name+" holds lock-long", 10*time.Millisecond, func() bool {
+	require.NoError(t, r.startClient(waiter))
+	if err := electorproc.Poll(waiter.name+" holds lock-long", waitFor, 10*time.Millisecond, func() bool {
 		h, err := lockHolder(exact.addr, "lock-long")
 		return err == nil && h == waiter.name
 	}); err != nil {
@@ -71,9 +69,7 @@ func TestElectorClockFastWithinModel(t *testing.T) {
 	// would learn of the loss from its elector and end its term before the
 	// deadline, hiding what the deadline alone allows.
 	r.wait(time.Second)
-	if err := holder.p.signal(syscall.SIGCONT); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, holder.p.Signal(syscall.SIGCONT))
 	r.note(history.Record{Ev: history.Heal, Kind: faultClientStop})
 	rep := r.finish()
 	for _, v := range rep.Violations {

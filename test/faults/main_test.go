@@ -125,16 +125,3 @@ func needControlPlane(t *testing.T) {
 		t.Skip("needs a real kube-apiserver: $MPSYNC_CONTROLPLANE is unset. Run `make test` or hack/soak.sh, which build the control plane (hack/controlplane)")
 	}
 }
-
-// eventually polls cond every interval until it holds or waitFor passes,
-// for conditions nothing pushes (an HTTP endpoint turning ready).
-func eventually(what string, interval time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(interval)
-	}
-	return nil
-}

@@ -8,15 +8,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // echoServer echoes every line back until closed.
 func echoServer(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -66,14 +66,10 @@ func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader) (time.Duration, error)
 
 func TestProxy(t *testing.T) {
 	p, err := newProxy(echoServer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close()
 	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer c.Close()
 	r := bufio.NewReader(c)
 	if _, err := roundTrip(t, c, r); err != nil {
@@ -109,9 +105,7 @@ func TestProxy(t *testing.T) {
 		t.Error("round trip on a connection reset by the heal succeeded")
 	}
 	c2, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer c2.Close()
 	if _, err := roundTrip(t, c2, bufio.NewReader(c2)); err != nil {
 		t.Errorf("new connection after the heal: %v", err)

@@ -15,6 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mpsync/mpsync/internal/electorproc"
+
 	"github.com/mpsync/mpsync/test/faults/history"
 )
 
@@ -121,7 +126,7 @@ type round struct {
 	ns       string
 	electors []*electorProc
 	clients  []*clientProc
-	procs    []*proc // every process started, for the cleanup
+	procs    []*electorproc.Proc // every process started, for the cleanup
 	injected map[string]int
 	started  time.Time
 	progress *progress
@@ -136,7 +141,7 @@ type electorProc struct {
 	kubeconf string
 	proxy    *proxy
 	extra    []string // more flags (clock skew)
-	p        *proc
+	p        *electorproc.Proc
 }
 
 type clientProc struct {
@@ -145,7 +150,7 @@ type clientProc struct {
 	e       *electorProc
 	gen     int
 	name    string // slot and generation: the client of its records
-	p       *proc
+	p       *electorproc.Proc
 }
 
 // newRound sets up a round: its directory, control plane, namespace,
@@ -155,13 +160,11 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 	if testing.Short() && controlPlaneEnv() == "" {
 		t.Skip("-short: a fault round runs for tens of seconds")
 	}
-	seed := uint64(time.Now().UnixNano())
-	r := &round{t: t, cfg: cfg, rng: rand.New(rand.NewPCG(seed, 0)), injected: map[string]int{}}
-	t.Logf("round %s: seed %d", cfg.name, seed)
+	randStart := uint64(time.Now().UnixNano())
+	r := &round{t: t, cfg: cfg, rng: rand.New(rand.NewPCG(randStart, 0)), injected: map[string]int{}}
+	t.Logf("round %s: random start %d", cfg.name, randStart)
 	dir, err := os.MkdirTemp("", "mpsync-faults-"+cfg.name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r.dir = dir
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("MPSYNC_FAULTS_KEEP") != "" {
@@ -171,13 +174,9 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 		os.RemoveAll(dir)
 	})
 	r.hist = filepath.Join(dir, "history")
-	if err := os.Mkdir(r.hist, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Mkdir(r.hist, 0o755))
 	r.wf, err = os.OpenFile(filepath.Join(r.hist, "harness.jsonl"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { r.wf.Close() })
 	r.mono = history.NewMono()
 	r.w = history.NewWriter(r.wf)
@@ -231,9 +230,7 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 			r.note(history.Record{Ev: history.Fault, Kind: faultClockSkew})
 		}
 		r.electors = append(r.electors, e)
-		if err := r.startElector(e); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, r.startElector(e))
 	}
 	if !skew && cfg.backend == "kubernetes" {
 		t.Logf("the elector has no --test-clock-offset/--test-clock-rate flags: the %s fault is left out", faultClockSkew)
@@ -248,9 +245,7 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 		}
 		for _, c := range slots {
 			r.clients = append(r.clients, c)
-			if err := r.startClient(c); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, r.startClient(c))
 		}
 	}
 	r.started = time.Now()
@@ -273,7 +268,7 @@ func clockFlags(t *testing.T) bool {
 // still running (after a failure; a round that finished has stopped them).
 func (r *round) cleanup() {
 	for _, p := range slices.Backward(r.procs) {
-		p.stop(5 * time.Second)
+		p.Stop(5 * time.Second)
 	}
 	for _, e := range r.electors {
 		if e.proxy != nil {
@@ -326,24 +321,16 @@ func (r *round) startElector(e *electorProc) error {
 		args = append(args, "--kubeconfig", e.kubeconf, "--namespace", r.ns)
 	}
 	args = append(args, e.extra...)
-	addr := make(chan string, 1)
 	log := filepath.Join(r.dir, e.id+".log")
-	p, err := startProc(e.id, log, servingAddr(addr), args...)
+	ep, err := electorproc.Launch(electorproc.Spec{Name: "elector " + e.id, Argv: args, Log: log}, waitFor)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (log: %s)", err, log)
 	}
+	p := ep.Proc
 	r.procs = append(r.procs, p)
-	select {
-	case a := <-addr:
-		e.addr, e.p = a, p
-	case <-p.done:
-		return fmt.Errorf("elector %s exited before serving: %v (log: %s)", e.id, p.err, log)
-	case <-time.After(waitFor):
-		p.kill()
-		return fmt.Errorf("elector %s not serving within %v (log: %s)", e.id, waitFor, log)
-	}
-	return eventually("elector "+e.id+" ready", 20*time.Millisecond, func() bool {
-		return !p.exited() && ready(e.addr)
+	e.addr, e.p = ep.Addr, p
+	return electorproc.Poll("elector "+e.id+" ready", waitFor, 20*time.Millisecond, func() bool {
+		return !p.HasExited() && ready(e.addr)
 	})
 }
 
@@ -355,7 +342,7 @@ func (r *round) startClient(c *clientProc) error {
 		"-name", c.name,
 		"-history", filepath.Join(r.hist, c.name+".jsonl"),
 		"-run-max", (3 * r.cfg.lease).String(),
-		"-seed", fmt.Sprint(r.rng.Uint64()),
+		"-rand", fmt.Sprint(r.rng.Uint64()),
 	}
 	if c.abandon {
 		args = append(args, "-abandon", "-locks", strings.Join(r.cfg.locks, ","))
@@ -365,7 +352,7 @@ func (r *round) startClient(c *clientProc) error {
 	if r.cfg.staleExtra > 0 {
 		args = append(args, "-stale-extra", r.cfg.staleExtra.String())
 	}
-	p, err := startProc(c.name, filepath.Join(r.dir, c.slot+".log"), nil, args...)
+	p, err := electorproc.Run(electorproc.Spec{Name: c.name, Argv: args, Log: filepath.Join(r.dir, c.slot+".log")})
 	if err != nil {
 		return err
 	}
@@ -458,9 +445,7 @@ func (r *round) run() history.Report {
 	// Run on past the bound after the last heal, so that Check sees the
 	// holder that must follow it.
 	r.wait(r.cfg.bound() + time.Second)
-	if err := r.healthy(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, r.healthy())
 	return r.finish()
 }
 
@@ -542,15 +527,15 @@ func (r *round) acquisitions() int {
 // is still running, and that every elector is ready.
 func (r *round) healthy() error {
 	for _, c := range r.clients {
-		if c.p.exited() {
-			return fmt.Errorf("client %s exited on its own: %v (log: %s)", c.name, c.p.err, filepath.Join(r.dir, c.slot+".log"))
+		if c.p.HasExited() {
+			return fmt.Errorf("client %s exited on its own: %v (log: %s)", c.name, c.p.Err(), filepath.Join(r.dir, c.slot+".log"))
 		}
 	}
 	for _, e := range r.electors {
-		if e.p.exited() {
-			return fmt.Errorf("elector %s exited on its own: %v (log: %s)", e.id, e.p.err, filepath.Join(r.dir, e.id+".log"))
+		if e.p.HasExited() {
+			return fmt.Errorf("elector %s exited on its own: %v (log: %s)", e.id, e.p.Err(), filepath.Join(r.dir, e.id+".log"))
 		}
-		if err := eventually("elector "+e.id+" ready", 20*time.Millisecond, func() bool { return ready(e.addr) }); err != nil {
+		if err := electorproc.Poll("elector "+e.id+" ready", waitFor, 20*time.Millisecond, func() bool { return ready(e.addr) }); err != nil {
 			return err
 		}
 	}
@@ -564,13 +549,13 @@ func (r *round) inject(kind string) error {
 	case faultClientKill:
 		c := r.victim()
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
-		if err := c.p.signal(syscall.SIGKILL); err != nil {
+		if err := c.p.Signal(syscall.SIGKILL); err != nil {
 			return err
 		}
 		// Its intervals end here: after the signal, before it is reaped
 		// (and before its elector can see its connections close).
 		r.note(history.Record{Ev: history.Kill, Client: c.name})
-		<-c.p.done
+		<-c.p.Exited()
 		return r.startClient(c)
 
 	case faultClientStop:
@@ -580,11 +565,11 @@ func (r *round) inject(kind string) error {
 			d = r.between(lease+time.Second, 2*lease+time.Second)
 		}
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
-		if err := c.p.signal(syscall.SIGSTOP); err != nil {
+		if err := c.p.Signal(syscall.SIGSTOP); err != nil {
 			return err
 		}
 		r.wait(d)
-		if err := c.p.signal(syscall.SIGCONT); err != nil {
+		if err := c.p.Signal(syscall.SIGCONT); err != nil {
 			return err
 		}
 		r.note(history.Record{Ev: history.Heal, Kind: kind})
@@ -592,7 +577,7 @@ func (r *round) inject(kind string) error {
 	case faultElectorKill:
 		e := r.victim().e
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
-		e.p.kill()
+		e.p.Kill()
 		if err := r.startElector(e); err != nil {
 			return err
 		}
@@ -601,11 +586,11 @@ func (r *round) inject(kind string) error {
 	case faultElectorStop:
 		e := r.victim().e
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
-		if err := e.p.signal(syscall.SIGSTOP); err != nil {
+		if err := e.p.Signal(syscall.SIGSTOP); err != nil {
 			return err
 		}
 		r.wait(r.between(lease+lease/4, 2*lease))
-		if err := e.p.signal(syscall.SIGCONT); err != nil {
+		if err := e.p.Signal(syscall.SIGCONT); err != nil {
 			return err
 		}
 		r.note(history.Record{Ev: history.Heal, Kind: kind})
@@ -648,32 +633,28 @@ func (r *round) inject(kind string) error {
 func (r *round) finish() history.Report {
 	t := r.t
 	for _, c := range r.clients {
-		_ = c.p.signal(syscall.SIGTERM)
+		_ = c.p.Signal(syscall.SIGTERM)
 	}
 	for _, c := range r.clients {
-		if !c.p.stop(10 * time.Second) {
+		if !c.p.Stop(10*time.Second) || c.p.Err() != nil {
 			// Killed, or failed: its open intervals end now.
 			r.note(history.Record{Ev: history.Kill, Client: c.name})
-			t.Errorf("client %s did not stop cleanly: %v (log: %s)", c.name, c.p.err, filepath.Join(r.dir, c.slot+".log"))
+			t.Errorf("client %s did not stop cleanly: %v (log: %s)", c.name, c.p.Err(), filepath.Join(r.dir, c.slot+".log"))
 		}
 	}
 	for _, e := range r.electors {
-		if !e.p.stop(10 * time.Second) {
-			t.Errorf("elector %s did not stop cleanly on SIGTERM: %v", e.id, e.p.err)
+		if !e.p.Stop(10*time.Second) || e.p.Err() != nil {
+			t.Errorf("elector %s did not stop cleanly on SIGTERM: %v", e.id, e.p.Err())
 		}
 	}
 	elapsed := time.Since(r.started)
 	recs, err := r.records()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	rep := history.Check(recs, history.Options{Bound: r.cfg.bound()})
 	sum := r.summary(rep, recs, elapsed)
 	t.Log(sum)
 	if r.cfg.summary != "" {
-		if err := os.WriteFile(r.cfg.summary, []byte(sum), 0o644); err != nil {
-			t.Error(err)
-		}
+		assert.NoError(t, os.WriteFile(r.cfg.summary, []byte(sum), 0o644))
 	}
 	return rep
 }

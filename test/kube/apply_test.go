@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -23,23 +24,15 @@ func applyFile(t *testing.T, ns, path string) []*unstructured.Unstructured {
 	t.Helper()
 	c := needControlPlane(t)
 	rc, err := kube.RESTConfig(c.adminKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	groups, err := restmapper.GetAPIGroupResources(c.admin(t).Discovery())
-	if err != nil {
-		t.Fatalf("discovery: %v", err)
-	}
+	require.NoError(t, err, "discovery")
 	mapper := restmapper.NewDiscoveryRESTMapper(groups)
 
 	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer f.Close()
 	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
 	var created []*unstructured.Unstructured

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -62,20 +64,14 @@ func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
 	id := cfg.Identity
 	c := needControlPlane(t)
 	rc, err := kube.RESTConfig(c.electorKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tb := &testBackend{id: id}
 	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return cutter{rt, &tb.cut} }
 	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cfg.Client, cfg.Logger = cs, zaptest.NewLogger(t).Named(id)
 	b, err := kube.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tb.Backend = b
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(bg(), waitFor)
@@ -84,7 +80,7 @@ func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
 			t.Errorf("%s: Close: %v", id, err)
 		}
 	})
-	eventually(t, id+" ready", func() bool { return b.Ready(bg()) == nil })
+	require.Eventually(t, func() bool { return b.Ready(bg()) == nil }, waitFor, 20*time.Millisecond, id+" ready")
 	return tb
 }
 
@@ -103,9 +99,7 @@ func release(t *testing.T, g backend.Grant) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	if err := g.Release(ctx); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
+	require.NoError(t, g.Release(ctx), "Release")
 }
 
 func getLease(t *testing.T, cs kubernetes.Interface, ns, name string) *coordinationv1.Lease {
@@ -355,17 +349,21 @@ func TestBackendWaited(t *testing.T) {
 		t.Fatalf("a grant at once: Waited %v (implemented: %v), want between 0 and its Acquire's %v", w, ok, time.Since(t0))
 	}
 	got := make(chan backend.Grant, 1)
+	called := make(chan time.Time, 1)
 	t1 := time.Now()
 	go func() {
 		ctx, cancel := context.WithTimeout(bg(), waitFor)
 		defer cancel()
+		called <- time.Now()
 		ng, err := b.Acquire(ctx, core.Request{Name: name, Identity: "second", Wait: true})
-		if err != nil {
-			t.Errorf("Acquire: %v", err)
-		}
+		assert.NoError(t, err, "Acquire")
 		got <- ng
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// Hold the lock for a known time after second's Acquire is called:
+	// that wait is what Waited must count.
+	const hold = 300 * time.Millisecond
+	timer := time.NewTimer(time.Until((<-called).Add(hold)))
+	<-timer.C
 	release(t, g)
 	ng := <-got
 	took := time.Since(t1)
@@ -374,12 +372,9 @@ func TestBackendWaited(t *testing.T) {
 	}
 	defer release(t, ng)
 	w, ok := ng.(backend.Waited)
-	if !ok {
-		t.Fatal("the Kubernetes backend's grant does not implement backend.Waited")
-	}
-	if w.Waited() <= 0 || w.Waited() > took {
-		t.Errorf("a grant after a wait: Waited %v, want above 0 and at most the %v its Acquire took", w.Waited(), took)
-	}
+	require.True(t, ok, "the Kubernetes backend's grant does not implement backend.Waited")
+	assert.GreaterOrEqual(t, w.Waited(), hold, "a grant after a wait: Waited, against the time the lock was held after the call")
+	assert.LessOrEqual(t, w.Waited(), took, "a grant after a wait: Waited, against the time its Acquire took")
 	t.Logf("waited %v of an Acquire that took %v", w.Waited(), took)
 }
 
@@ -693,9 +688,7 @@ func TestBackendClose(t *testing.T) {
 	watchUntil(t, a, "other", "naming owner", func(h core.Holder) bool { return h.Identity == "owner" })
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	if err := a.Close(ctx); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	require.NoError(t, a.Close(ctx), "Close")
 	for range 2 {
 		if err := <-errc; !errors.Is(err, core.ErrClosed) {
 			t.Errorf("waiting Acquire or Watch at Close = %v, want ErrClosed", err)
@@ -752,25 +745,17 @@ func TestBackendAPIServerPause(t *testing.T) {
 		ctx, cancel := context.WithTimeout(bg(), 3*waitFor)
 		defer cancel()
 		ng, err := b.Acquire(ctx, core.Request{Name: name, Identity: "successor", Wait: true})
-		if err != nil {
-			t.Errorf("waiter: %v", err)
-		}
+		assert.NoError(t, err, "waiter")
 		got <- result{ng, time.Now()}
 	}()
 
 	apiserver, err := os.FindProcess(cp.apiserverPID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	resume := sync.OnceFunc(func() {
-		if err := apiserver.Signal(syscall.SIGCONT); err != nil {
-			t.Errorf("SIGCONT to the API server: %v", err)
-		}
+		assert.NoError(t, apiserver.Signal(syscall.SIGCONT), "SIGCONT to the API server")
 	})
 	t.Cleanup(resume)
-	if err := apiserver.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP to the API server: %v", err)
-	}
+	require.NoError(t, apiserver.Signal(syscall.SIGSTOP), "SIGSTOP to the API server")
 	paused := time.Now()
 	ended := waitDone(t, g, "while the API server is paused")
 	if !errors.Is(g.Err(), core.ErrExpired) {
@@ -793,7 +778,7 @@ func TestBackendAPIServerPause(t *testing.T) {
 	}
 	t.Logf("API server paused for %s; holder's grant ended %s into the pause; successor held the lock %s after the server returned",
 		ms(resumed.Sub(paused)), ms(ended.Sub(paused)), ms(r.at.Sub(resumed)))
-	eventually(t, "e0 ready again", func() bool { return a.Ready(bg()) == nil })
+	require.Eventually(t, func() bool { return a.Ready(bg()) == nil }, waitFor, 20*time.Millisecond, "e0 ready again")
 	release(t, r.g)
 	g = acquire(t, a, name, "holder-again", true)
 	release(t, g)

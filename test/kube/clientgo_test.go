@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -153,24 +154,16 @@ func TestClientGoCandidate(t *testing.T) {
 		LeaseDuration: lease, RenewDeadline: 2 * time.Second, Retry: 500 * time.Millisecond,
 		HoldMin: time.Second, HoldMax: 2 * time.Second, PauseMin: 500 * time.Millisecond, PauseMax: 1500 * time.Millisecond,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), candidateEnv+"="+string(cfg))
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Start())
 	var (
 		mu        sync.Mutex
 		intervals []*interval
@@ -229,9 +222,7 @@ func TestClientGoCandidate(t *testing.T) {
 	begin := time.Now()
 	for term := 0; time.Since(begin) < duration; term++ {
 		el, err := mpsync.NewElection(name, mpsync.WithTransport(tr), mpsync.WithIdentity(fmt.Sprintf("mpsync-%d", term)))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ctx, cancel := context.WithCancel(bg())
 		errc := make(chan error, 1)
 		go func() { errc <- el.Run(ctx) }()

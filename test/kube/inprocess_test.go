@@ -323,7 +323,7 @@ func TestInProcessMixed(t *testing.T) {
 			assert.NoError(t, err)
 			got <- h
 		}()
-		eventually(t, "the sidecar waiter reached its elector", func() bool { return e.waiters() == "1" })
+		require.Eventually(t, func() bool { return e.waiters() == "1" }, waitFor, 20*time.Millisecond, "the sidecar waiter reached its elector")
 		start := time.Now()
 		require.NoError(t, in.Unlock())
 		sh := <-got
@@ -416,7 +416,7 @@ func TestInProcessCrash(t *testing.T) {
 			assert.NoError(t, err)
 			got <- h
 		}()
-		eventually(t, "the waiter reached its elector", func() bool { return eb.waiters() == "1" })
+		require.Eventually(t, func() bool { return eb.waiters() == "1" }, waitFor, 20*time.Millisecond, "the waiter reached its elector")
 		require.NoError(t, p.cmd.Process.Signal(syscall.SIGKILL))
 		killed := time.Now()
 		<-p.exited

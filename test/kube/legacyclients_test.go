@@ -171,7 +171,7 @@ func legacyElectionTrio(t *testing.T, prog legacyProgram) {
 func legacyLeader(t *testing.T, clients map[string]*legacyProc, gone map[string]bool) string {
 	t.Helper()
 	var leader string
-	eventually(t, "a leader", func() bool {
+	require.Eventually(t, func() bool {
 		for id, c := range clients {
 			if _, ok := c.first("LEADER"); ok && !gone[id] {
 				leader = id
@@ -179,7 +179,7 @@ func legacyLeader(t *testing.T, clients map[string]*legacyProc, gone map[string]
 			}
 		}
 		return false
-	})
+	}, waitFor, 20*time.Millisecond, "a leader")
 	return leader
 }
 
@@ -203,10 +203,10 @@ func leaders(clients map[string]*legacyProc) []string {
 func checkTakeover(t *testing.T, ns, name string, last *coordinationv1.Lease, who string) time.Duration {
 	t.Helper()
 	var next *coordinationv1.Lease
-	eventually(t, who+" named in the Lease", func() bool {
+	require.Eventually(t, func() bool {
 		next = getLease(t, cp.admin(t), ns, name)
 		return strings.HasPrefix(holderOf(next), who+"@")
-	})
+	}, waitFor, 20*time.Millisecond, who+" named in the Lease")
 	renewed := last.Spec.RenewTime.Time
 	acquired := next.Spec.AcquireTime.Time
 	require.Truef(t, !acquired.Before(renewed.Add(legacyTTL*98/100)),
@@ -282,7 +282,7 @@ func v1UnderLegacy(t *testing.T, prog legacyProgram) {
 		}
 		got <- time.Now()
 	}()
-	eventually(t, "the v1 client waiting", func() bool { return eb.waiters() == "1" })
+	require.Eventually(t, func() bool { return eb.waiters() == "1" }, waitFor, 20*time.Millisecond, "the v1 client waiting")
 	c.waitCount(t, "PUT 200", c.count("PUT 200")+2) // renewals go on while it waits
 	killed := c.kill()
 	last := getLease(t, cp.admin(t), ns, name)

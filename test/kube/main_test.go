@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -143,13 +144,9 @@ func bg() context.Context { return context.Background() }
 func client(t *testing.T, path string) kubernetes.Interface {
 	t.Helper()
 	rc, err := kube.RESTConfig(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return cs
 }
 
@@ -178,10 +175,10 @@ func namespace(t *testing.T) string {
 	// The API server's RBAC authorizer learns of the binding from its own
 	// watch: wait until it applies.
 	el := c.elector(t)
-	eventually(t, "the elector user may list leases in "+name, func() bool {
+	require.Eventually(t, func() bool {
 		_, err := el.CoordinationV1().Leases(name).List(ctx, metav1.ListOptions{Limit: 1})
 		return err == nil
-	})
+	}, waitFor, 20*time.Millisecond, "the elector user may list leases in "+name)
 	return name
 }
 
@@ -202,18 +199,6 @@ func shortName(s string, n int) string {
 	return strings.Trim(s, "-")
 }
 
-// eventually polls cond until it holds, failing the test after waitFor.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // electorBin returns the elector binary: $MPSYNC_ELECTOR_BIN, else one
 // built once for this run.
 func electorBin(t *testing.T) string {
@@ -225,9 +210,7 @@ func electorBin(t *testing.T) string {
 		return builtElector
 	}
 	dir, err := os.MkdirTemp("", "mpsync-kube-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tempDir = dir
 	bin := filepath.Join(dir, "elector")
 	cmd := exec.Command("go", "build", "-o", bin, "./sidecar/cmd/elector")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -24,9 +25,7 @@ func TestExampleManifests(t *testing.T) {
 	ns := namespace(t)
 	dir := filepath.Join(repoRoot, "examples", "kubernetes")
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	deployments := map[string]*appsv1.Deployment{}
 	for _, f := range files {
 		if filepath.Base(f) == "rbac.yaml" {
@@ -55,9 +54,7 @@ func TestExampleManifests(t *testing.T) {
 
 	// The README's instructions name the files and the namespace step.
 	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, s := range []string{"kubectl create namespace", "kubectl apply -n", "-f examples/kubernetes/"} {
 		if !strings.Contains(string(readme), s) {
 			t.Errorf("README.md does not say %q", s)
@@ -146,9 +143,7 @@ func checkServiceAccountRights(t *testing.T, ns string) {
 			ctx, cancel := context.WithTimeout(bg(), waitFor)
 			res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
 			cancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			if w := want && space == ns; res.Status.Allowed != w {
 				t.Errorf("%s may %s leases in %s: %v, want %v", user, verb, space, res.Status.Allowed, w)
 			}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
@@ -28,13 +30,9 @@ func TestBackendLegacyResume(t *testing.T) {
 	const lease = 15 * time.Second
 	old := newBackend(t, ns, "pod-a", lease)
 	g, err := tryAcquire(old, "legacy", "pod-a", true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	v1, err := tryAcquire(old, "v1", "pod-a", false) // a v1 client that calls itself pod-a
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	before := getLease(t, admin, ns, "legacy")
 	if !strings.HasPrefix(holderOf(before), "pod-a@pod-a#legacy-") {
 		t.Fatalf("legacy holderIdentity %q, want the prefix pod-a@pod-a#legacy-", holderOf(before))
@@ -64,9 +62,7 @@ func TestBackendLegacyResume(t *testing.T) {
 
 	start := time.Now()
 	ng, err := tryAcquire(restarted, "legacy", "pod-a", true)
-	if err != nil {
-		t.Fatalf("restarted elector's legacy Acquire: %v", err)
-	}
+	require.NoError(t, err, "restarted elector's legacy Acquire")
 	took := time.Since(start)
 	after := getLease(t, admin, ns, "legacy")
 	if ng.Token() != g.Token() || transitionsOf(after) != g.Token() {

@@ -49,7 +49,7 @@ func TestShutdownReleasesCapacity(t *testing.T) {
 					t.Logf("elector log:\n%s", p.Log())
 				}
 			})
-			eventually(t, "elector ready", p.Ready)
+			require.Eventually(t, p.Ready, waitFor, 20*time.Millisecond, "elector ready")
 
 			held := holdLocks(t, p.Addr, tt.locks)
 			require.Equal(t, tt.locks, leasesHeld(t, c, ns), "Leases held before SIGTERM")
@@ -67,7 +67,7 @@ func TestShutdownReleasesCapacity(t *testing.T) {
 			t.Logf("%d locks: SIGTERM to exit %v; Leases left held: %d", tt.locks, took.Round(time.Millisecond), left)
 			assert.Zero(t, left, "Leases still naming a holder after the elector exited")
 			for _, h := range held {
-				eventually(t, "leadership context ended", func() bool { return h.ctx.Err() != nil })
+				require.Eventually(t, func() bool { return h.ctx.Err() != nil }, waitFor, 20*time.Millisecond, "leadership context ended")
 				_ = h.lock.Unlock() // joins its keeper; the elector is gone
 			}
 		})

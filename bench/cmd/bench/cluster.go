@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -121,17 +122,14 @@ func (c *cluster) prepare(ctx context.Context, ns, rbacPath string) error {
 		}
 	}
 	// RBAC takes effect when the authorizer's informers catch up.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := c.elector.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{})
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("the elector user still cannot list leases in %s: %w", ns, err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var listErr error
+	if err := electorproc.Poll("the elector user may list leases in "+ns, 30*time.Second, 200*time.Millisecond, func() bool {
+		_, listErr = c.elector.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{})
+		return listErr == nil || ctx.Err() != nil
+	}); err != nil || listErr != nil {
+		return fmt.Errorf("the elector user still cannot list leases in %s: %w", ns, errors.Join(err, listErr))
 	}
+	return nil
 }
 
 func stripComments(doc string) string {

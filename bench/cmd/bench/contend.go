@@ -76,7 +76,7 @@ func (h *harness) contended(ctx context.Context, what, backend string, electors,
 	t0 := measure.Now()
 	until := t0 + window.Nanoseconds()
 	for _, p := range lockers {
-		if err := p.tell(fmt.Sprintf("go %d", until)); err != nil {
+		if err := p.Tell(fmt.Sprintf("go %d", until)); err != nil {
 			return res, err
 		}
 	}
@@ -136,9 +136,9 @@ func (h *harness) contended(ctx context.Context, what, backend string, electors,
 func usages(procs []*proc) ([]measure.Usage, error) {
 	out := make([]measure.Usage, len(procs))
 	for i, p := range procs {
-		u, err := measure.ReadUsage(p.cmd.Process.Pid)
+		u, err := measure.ReadUsage(p.Pid())
 		if err != nil {
-			return nil, fmt.Errorf("usage of %s: %w", p.name, err)
+			return nil, fmt.Errorf("usage of %s: %w", p.Name(), err)
 		}
 		out[i] = u
 	}

@@ -39,7 +39,7 @@ type options struct {
 	controlplane, elector, bin, rbac, namespace, out, logs, command  string
 	trials, failoverTrials, loadWindows, memHandovers, rtTrials      int
 	window, rtDuration, kubePace, floorDuration, lease, renew, retry time.Duration
-	seed                                                             uint64
+	randStart                                                        uint64
 
 	contendTrials, contendClients, contendElectors int
 	crowdTrials, crowdClients                      int
@@ -78,7 +78,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.lease, "lease-duration", 15*time.Second, "lease duration of both systems")
 	flag.DurationVar(&o.renew, "renew-deadline", 10*time.Second, "client-go's RenewDeadline")
 	flag.DurationVar(&o.retry, "retry-period", 2*time.Second, "client-go's RetryPeriod")
-	flag.Uint64Var(&o.seed, "seed", 0, "seed of the random delays before each signal (0: from the clock)")
+	flag.Uint64Var(&o.randStart, "rand", 0, "start value of the random delays before each signal, to repeat a run (0: from the clock)")
 	flag.IntVar(&o.contendTrials, "contend-trials", 3, "trials of each contended run of -contend-clients lockers")
 	flag.IntVar(&o.contendClients, "contend-clients", 10, "lockers contending for one lock in the contended runs")
 	flag.IntVar(&o.contendElectors, "contend-electors", 3, "electors they share, round-robin")
@@ -112,8 +112,8 @@ func parseFlags() options {
 	if o.command == "" {
 		o.command = strings.Join(os.Args, " ")
 	}
-	if o.seed == 0 {
-		o.seed = uint64(time.Now().UnixNano())
+	if o.randStart == 0 {
+		o.randStart = uint64(time.Now().UnixNano())
 	}
 	return o
 }
@@ -157,7 +157,7 @@ func run(ctx context.Context, o options) (failed bool, err error) {
 	h := &harness{
 		c: c, ns: o.namespace, bin: o.bin, elector: o.elector, logs: logs,
 		lease: o.lease, renew: o.renew, retry: o.retry,
-		rng: rand.New(rand.NewPCG(o.seed, o.seed>>1|1)),
+		rng: rand.New(rand.NewPCG(o.randStart, o.randStart>>1|1)),
 	}
 	progress("logs in %s", logs)
 	r := newResults()

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/mpsync/mpsync/internal/electorproc"
 
 	"github.com/mpsync/mpsync/bench/internal/measure"
 )
@@ -27,56 +24,11 @@ type tagged struct {
 	measure.Line
 }
 
-// A proc is one process the harness started.
+// A proc is one process the harness started, through the project's one
+// process runner.
 type proc struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser // nil unless asked for
-	log   string         // file with its stdout and stderr
-	done  chan struct{}  // closed when it has exited and its output is read
-	err   error          // Wait's error, set before done closes
-	late  bool           // stopped after the others (an elector)
-}
-
-// signal sends sig to p if it is still running.
-func (p *proc) signal(sig syscall.Signal) {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Signal(sig)
-	}
-}
-
-// tell writes a command line to p's stdin.
-func (p *proc) tell(cmd string) error {
-	if p.stdin == nil {
-		return fmt.Errorf("bench: %s has no stdin", p.name)
-	}
-	_, err := fmt.Fprintln(p.stdin, cmd)
-	return err
-}
-
-// exited reports whether p has exited.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// tail returns the last n lines of p's log, for error messages.
-func (p *proc) tail(n int) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	*electorproc.Proc
+	late bool // stopped after the others (an elector)
 }
 
 // A group is the processes of one trial. Their benchmark lines arrive,
@@ -96,52 +48,30 @@ func newGroup(dir string) (*group, error) {
 	return &group{dir: dir, lines: make(chan tagged, 4096)}, nil
 }
 
-// start runs argv as the process name, its output logged to dir/name.log.
+// start runs argv as the process name, its output logged to dir/name.log;
+// its benchmark lines (on stdout) go to g.lines.
 func (g *group) start(name string, withStdin bool, argv ...string) (*proc, error) {
-	logPath := filepath.Join(g.dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	// Killed with the harness, whatever happens to it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Stderr = logf
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		logf.Close()
-		return nil, err
-	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	if withStdin {
-		if p.stdin, err = cmd.StdinPipe(); err != nil {
-			logf.Close()
-			return nil, err
-		}
-	}
-	fmt.Fprintf(logf, "# %s\n", strings.Join(argv, " "))
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("bench: start %s: %w", name, err)
-	}
-	g.mu.Lock()
-	g.procs = append(g.procs, p)
-	g.mu.Unlock()
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		defer close(p.done)
-		defer logf.Close()
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			text := sc.Text()
-			fmt.Fprintln(logf, text)
+	g.wg.Add(1) // the reader of its stdout, until it exits
+	pr, err := electorproc.Run(electorproc.Spec{
+		Name:  name,
+		Argv:  argv,
+		Log:   filepath.Join(g.dir, name+".log"),
+		Stdin: withStdin,
+		Stdout: func(text string) {
 			if l, err := measure.ParseLine(text); err == nil {
 				g.lines <- tagged{proc: name, Line: l}
 			}
-		}
-		p.err = cmd.Wait()
-	}()
+		},
+	})
+	if err != nil {
+		g.wg.Done()
+		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+	}
+	go func() { defer g.wg.Done(); <-pr.Exited() }()
+	p := &proc{Proc: pr}
+	g.mu.Lock()
+	g.procs = append(g.procs, p)
+	g.mu.Unlock()
 	return p, nil
 }
 
@@ -163,7 +93,7 @@ func (g *group) waitAll(ctx context.Context, timeout time.Duration, what string,
 	defer timer.Stop()
 	var deadC <-chan struct{}
 	if dead != nil {
-		deadC = dead.done
+		deadC = dead.Exited()
 	}
 	got := make([]tagged, len(matches))
 	seen := make([]bool, len(matches))
@@ -192,7 +122,7 @@ func (g *group) waitAll(ctx context.Context, timeout time.Duration, what string,
 				}
 			}
 			if left > 0 {
-				return nil, fmt.Errorf("bench: %s exited (%v) while waiting for %s; its log ends:\n%s", dead.name, dead.err, what, dead.tail(10))
+				return nil, fmt.Errorf("bench: %s exited (%v) while waiting for %s; its log ends:\n%s", dead.Name(), dead.Err(), what, dead.Tail(10))
 			}
 		case <-timer.C:
 			return nil, fmt.Errorf("%w %v for %s", errTimeout, timeout, what)
@@ -215,20 +145,18 @@ func (g *group) stop(grace time.Duration) {
 	procs := append([]*proc(nil), g.procs...)
 	g.mu.Unlock()
 	// Clients first, so that they release through their electors.
-	var first, late []*proc
+	var first, late []*electorproc.Proc
 	for _, p := range procs {
 		if p.late {
-			late = append(late, p)
+			late = append(late, p.Proc)
 		} else {
-			first = append(first, p)
+			first = append(first, p.Proc)
 		}
 	}
-	stopProcs(first, grace)
-	stopProcs(late, grace)
+	electorproc.StopAll(grace, first...)
+	electorproc.StopAll(grace, late...)
 	for _, p := range procs {
-		if p.stdin != nil {
-			p.stdin.Close()
-		}
+		p.CloseStdin()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -238,30 +166,6 @@ func (g *group) stop(grace time.Duration) {
 	go func() { g.wg.Wait(); close(done) }()
 	<-done
 	close(g.lines)
-}
-
-// stopProcs sends SIGTERM to each of procs, waits up to grace for all of
-// them, then kills those still running and waits for them.
-func stopProcs(procs []*proc, grace time.Duration) {
-	for _, p := range procs {
-		p.signal(syscall.SIGCONT)
-		p.signal(syscall.SIGTERM)
-	}
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	expired := false
-	for _, p := range procs {
-		if !expired {
-			select {
-			case <-p.done:
-				continue
-			case <-timer.C:
-				expired = true
-			}
-		}
-		p.signal(syscall.SIGKILL)
-		<-p.done
-	}
 }
 
 // collect waits for a line of event from each of ids and returns them by

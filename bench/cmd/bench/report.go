@@ -90,8 +90,8 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("- Command: `%s`", o.command)
 	p("- Machine: %d CPUs (nproc), %s, %s memory, %s/%s", in.nproc, in.cpu, in.memory, runtime.GOOS, runtime.GOARCH)
 	p("- Versions: %s, k8s.io/client-go %s, kube-apiserver %s, etcd %s, mpsync %s", in.goVersion, in.clientGo, in.kube, in.etcd, in.mpsyncRev)
-	p("- Settings: lease duration %v for both; client-go renew deadline %v, retry period %v, `LeaseLock`, `ReleaseOnCancel: true`; mpsync one elector per candidate, `--backend=kubernetes --lease-duration=%v` (default log level, JSON logs to a file); every candidate and elector a separate process on this machine; times from CLOCK_MONOTONIC; before each signal a random wait of 1 s plus up to %v, from `-seed %d`",
-		o.lease, o.renew, o.retry, o.lease, h.phaseSpread(), o.seed)
+	p("- Settings: lease duration %v for both; client-go renew deadline %v, retry period %v, `LeaseLock`, `ReleaseOnCancel: true`; mpsync one elector per candidate, `--backend=kubernetes --lease-duration=%v` (default log level, JSON logs to a file); every candidate and elector a separate process on this machine; times from CLOCK_MONOTONIC; before each signal a random wait of 1 s plus up to %v, from `-rand %d`",
+		o.lease, o.renew, o.retry, o.lease, h.phaseSpread(), o.randStart)
 	p("- Figures: median [min–max] over the trials; ratios are of the medians, mpsync / client-go")
 	p("")
 

@@ -65,7 +65,7 @@ func (h *harness) scale(ctx context.Context, what string, n int, window time.Dur
 	if err != nil {
 		return res, err
 	}
-	u0, err := measure.ReadUsage(el.cmd.Process.Pid)
+	u0, err := measure.ReadUsage(el.Pid())
 	if err != nil {
 		return res, err
 	}
@@ -74,16 +74,16 @@ func (h *harness) scale(ctx context.Context, what string, n int, window time.Dur
 		if err := sleep(ctx, min(scaleSample, time.Until(deadline))); err != nil {
 			return res, err
 		}
-		if locker.exited() || el.exited() {
-			return res, fmt.Errorf("a process exited while holding; the locker's log ends:\n%s\nthe elector's:\n%s", locker.tail(5), el.tail(5))
+		if locker.HasExited() || el.HasExited() {
+			return res, fmt.Errorf("a process exited while holding; the locker's log ends:\n%s\nthe elector's:\n%s", locker.Tail(5), el.Tail(5))
 		}
-		u, err := measure.ReadUsage(el.cmd.Process.Pid)
+		u, err := measure.ReadUsage(el.Pid())
 		if err != nil {
 			return res, err
 		}
 		res.rss = append(res.rss, float64(u.RSS))
 	}
-	u1, err := measure.ReadUsage(el.cmd.Process.Pid)
+	u1, err := measure.ReadUsage(el.Pid())
 	if err != nil {
 		return res, err
 	}
@@ -98,7 +98,7 @@ func (h *harness) scale(ctx context.Context, what string, n int, window time.Dur
 		res.perMin[k] /= mins
 	}
 	// Let the locker release them all, and check it lost none.
-	locker.stdin.Close()
+	locker.CloseStdin()
 	rel, err := g.wait(ctx, startTimeout+time.Duration(n)*50*time.Millisecond, "the locks to be released", locker,
 		event(measure.EventReleased, "scale"))
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
+
 	"github.com/mpsync/mpsync/bench/internal/measure"
 )
 
@@ -104,23 +106,24 @@ func (h *harness) startElector(g *group, name, backend, identity string, extra .
 		return nil, "", err
 	}
 	p.late = true
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err = electorproc.Poll("elector "+name+" ready", 30*time.Second, 50*time.Millisecond, func() bool {
+		if p.HasExited() {
+			return true
+		}
 		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, addr, nil
-			}
+		if err != nil {
+			return false
 		}
-		if p.exited() {
-			return nil, "", fmt.Errorf("elector %s exited (%v); its log ends:\n%s", name, p.err, p.tail(5))
-		}
-		if time.Now().After(deadline) {
-			return nil, "", fmt.Errorf("elector %s not ready after 30s; its log ends:\n%s", name, p.tail(5))
-		}
-		time.Sleep(50 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if p.HasExited() {
+		return nil, "", fmt.Errorf("elector %s exited (%v); its log ends:\n%s", name, p.Err(), p.Tail(5))
 	}
+	if err != nil {
+		return nil, "", fmt.Errorf("%w; its log ends:\n%s", err, p.Tail(5))
+	}
+	return p, addr, nil
 }
 
 func freePort() (int, error) {
@@ -206,12 +209,12 @@ func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool) (lead
 	}
 	t0 := measure.Now()
 	if crash {
-		a.cand.signal(syscall.SIGKILL)
+		a.cand.Signal(syscall.SIGKILL)
 		if a.elector != nil {
-			a.elector.signal(syscall.SIGKILL)
+			a.elector.Signal(syscall.SIGKILL)
 		}
 	} else {
-		a.cand.signal(syscall.SIGTERM)
+		a.cand.Signal(syscall.SIGTERM)
 	}
 	l, err := g.wait(ctx, 4*h.lease+startTimeout, "b to lead", b.cand, event(measure.EventLeading, "b"))
 	if err != nil {
@@ -278,8 +281,8 @@ func (h *harness) loadWindows(ctx context.Context, sys *system, n int, d time.Du
 			return nil, err
 		}
 		for _, m := range ms {
-			if m.cand.exited() {
-				return nil, fmt.Errorf("%s exited during the load test:\n%s", m.cand.name, m.cand.tail(5))
+			if m.cand.HasExited() {
+				return nil, fmt.Errorf("%s exited during the load test:\n%s", m.cand.Name(), m.cand.Tail(5))
 			}
 		}
 	}
@@ -347,7 +350,7 @@ func (h *harness) memoryHandover(ctx context.Context, n int) ([]float64, error) 
 		if err := sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, err
 		}
-		if err := holder.tell("unlock"); err != nil {
+		if err := holder.Tell("unlock"); err != nil {
 			return nil, err
 		}
 		ls, err := g.waitAll(ctx, 10*time.Second, "the lock to pass", nil,
@@ -356,7 +359,7 @@ func (h *harness) memoryHandover(ctx context.Context, n int) ([]float64, error) 
 			return nil, err
 		}
 		out = append(out, float64(ls[1].Mono-ls[0].Mono)/1e9)
-		if err := holder.tell("lock"); err != nil {
+		if err := holder.Tell("lock"); err != nil {
 			return nil, err
 		}
 		if _, err := g.wait(ctx, 10*time.Second, "the last holder to wait again", holder, event(measure.EventWaiting, ids[holder])); err != nil {

@@ -6,20 +6,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestHoldRecordRoundTrip(t *testing.T) {
 	in := []Hold{{ID: "a", Token: 3, Acquired: 10, Unlocking: 20}, {ID: "a", Token: 7, Acquired: 30, Unlocking: 30}}
 	var buf bytes.Buffer
 	for _, h := range in {
-		if err := WriteHold(&buf, h); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, WriteHold(&buf, h))
 	}
 	got, err := ReadHolds(&buf, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if len(got) != len(in) || got[0] != in[0] || got[1] != in[1] {
 		t.Fatalf("ReadHolds = %+v, want %+v", got, in)
 	}
@@ -96,9 +94,7 @@ func TestParseUsage(t *testing.T) {
 	stat := "4242 (elec tor) S 1 4242 4242 0 -1 4194560 1500 0 0 0 250 50 0 0 20 0 12 0 7000 1000000 3000 18446744073709551615\n"
 	status := "Name:\telector\nVmPeak:\t  99999 kB\nVmRSS:\t   20480 kB\nThreads:\t12\n"
 	u, err := parseUsage(stat, status)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if u.RSS != 20480<<10 || u.CPU != 3*time.Second {
 		t.Fatalf("parseUsage = %+v, want RSS 20 MiB and CPU 3s", u)
 	}
@@ -117,9 +113,7 @@ func TestParseUsage(t *testing.T) {
 
 func TestReadUsageOfThisProcess(t *testing.T) {
 	u, err := ReadUsage(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if u.RSS <= 0 || u.CPU < 0 {
 		t.Fatalf("ReadUsage(self) = %+v, want a positive RSS", u)
 	}

@@ -6,6 +6,8 @@ import (
 	"maps"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestParseLine(t *testing.T) {
@@ -64,9 +66,7 @@ var errAny = errors.New("any error but ErrNotLine")
 func TestEmitRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
 	before := Now()
-	if err := Emit(&buf, EventLeading, "cand a", "token", "42", "leader", "x=y", "odd"); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, Emit(&buf, EventLeading, "cand a", "token", "42", "leader", "x=y", "odd"))
 	after := Now()
 	if !strings.HasSuffix(buf.String(), "\n") || strings.Count(buf.String(), "\n") != 1 {
 		t.Fatalf("Emit wrote %q, want one line", buf.String())
@@ -149,9 +149,7 @@ weird_metric{path="a\"b\\c",x="}"} 1 1700000000000
 
 func TestParseMetrics(t *testing.T) {
 	all, err := ParseMetrics(strings.NewReader(metricsText))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if len(all) != 11 {
 		t.Errorf("ParseMetrics (all) got %d samples, want 11", len(all))
 	}
@@ -161,9 +159,7 @@ func TestParseMetrics(t *testing.T) {
 	}
 
 	samples, err := ParseMetrics(strings.NewReader(metricsText), "apiserver_request_total", "apiserver_longrunning_requests")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	if len(samples) != 8 {
 		t.Errorf("ParseMetrics (two names) got %d samples, want 8", len(samples))
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -26,7 +27,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-
+	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -445,7 +446,9 @@ func restConfig(cfg config) (*rest.Config, error) {
 	return rc, nil
 }
 
-// run is the whole program; it returns the exit status.
+// run is the whole program; it returns the exit status: 0 after a clean
+// shutdown on SIGTERM or SIGINT, 1 when serving or setting up failed, 2
+// for a usage error.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "probe" {
 		return probe(args[1:], getenv, stderr)
@@ -471,16 +474,34 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log := newLogger(cfg, stderr)
 	defer func() { _ = log.Sync() }()
 
+	srv, closeBackend, status := newServer(cfg, limits, log, stderr)
+	if srv == nil {
+		return status
+	}
+	lns, err := listenAll(listenAddrs(cfg.listen, log))
+	if err != nil {
+		closeBackend()
+		fmt.Fprintf(stderr, "elector: %v\n", err)
+		return 1
+	}
+	return serve(cfg, srv, lns, log, nofile, limits)
+}
+
+// newServer opens the backend and builds the Server on it. On failure it
+// returns a nil Server, having said why on stderr, and the exit status;
+// closeBackend is for a failure after that.
+func newServer(cfg config, limits server.Limits, log *zap.Logger, stderr io.Writer) (srv *server.Server, closeBackend func(), status int) {
 	b, err := openBackend(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "elector: %v\n", err)
 		var ue *usageError
 		if errors.As(err, &ue) {
-			return 2
+			return nil, nil, 2
 		}
-		return 1
+		return nil, nil, 1
 	}
-	srv, err := server.New(server.Config{
+	closeBackend = func() { _ = b.Close(context.Background()) }
+	srv, err = server.New(server.Config{
 		Backend:   b,
 		Identity:  cfg.identity,
 		LegacyTTL: cfg.legacyTTL,
@@ -489,26 +510,55 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		Limits:    limits,
 	})
 	if err != nil {
-		_ = b.Close(context.Background())
+		closeBackend()
 		fmt.Fprintf(stderr, "elector: %v\n", err)
-		return 2
+		return nil, nil, 2
 	}
+	return srv, closeBackend, 0
+}
 
-	ctx, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+// serve runs the elector until SIGTERM or SIGINT, or until a listener
+// fails, then shuts it down; it returns the exit status. One errgroup owns
+// every goroutine: a server per listener and the shutdown step, which
+// waits for the signal (or the failure: the group's context ends with
+// either) and ends the servers; serve returns once all have returned.
+func serve(cfg config, srv *server.Server, lns []net.Listener, log *zap.Logger, nofile uint64, limits server.Limits) int {
+	signalled, stopSignals := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
-
-	lns, err := listenAll(listenAddrs(cfg.listen, log))
-	if err != nil {
-		_ = b.Close(context.Background())
-		fmt.Fprintf(stderr, "elector: %v\n", err)
+	g, ctx := errgroup.WithContext(signalled)
+	hs := srv.HTTPServer()
+	for _, ln := range lns {
+		g.Go(func() error {
+			err := hs.Serve(srv.Listener(ln))
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil // the shutdown step closed it
+			}
+			log.Error("serving failed", zap.String("addr", ln.Addr().String()), zap.Error(err))
+			return err
+		})
+	}
+	logServing(cfg, lns, log, nofile, limits)
+	g.Go(func() error {
+		<-ctx.Done()
+		stopSignals() // a second signal kills at once
+		if signalled.Err() != nil {
+			log.Info("signal received; shutting down")
+		}
+		shutdown(cfg, srv, hs, log)
+		return nil
+	})
+	if err := g.Wait(); err != nil {
 		return 1
 	}
-	hs := srv.HTTPServer()
-	served := make(chan error, len(lns))
+	return 0
+}
+
+// logServing writes the "serving" line, which says where the elector
+// listens (tests and scripts learn the port from it) and with what limits.
+func logServing(cfg config, lns []net.Listener, log *zap.Logger, nofile uint64, limits server.Limits) {
 	var addrs []string
 	for _, ln := range lns {
 		addrs = append(addrs, ln.Addr().String())
-		go func() { served <- hs.Serve(srv.Listener(ln)) }()
 	}
 	log.Info("serving",
 		zap.String("addr", addrs[0]),
@@ -524,17 +574,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		zap.Duration("shutdownTimeout", cfg.shutdownLimit),
 		zap.Duration("shutdownBudgetAtCapacity", shutdownBudget(cfg, capacity(cfg))),
 		zap.Int("pid", os.Getpid()))
+}
 
-	status := 0
-	select {
-	case <-ctx.Done():
-		log.Info("signal received; shutting down")
-	case err := <-served:
-		log.Error("serving failed", zap.Error(err))
-		status = 1
-	}
-	stopSignals() // a second signal kills at once
-
+// shutdown stops accepting connections and waits for open ones to finish,
+// while the Server ends its streams and releases every lock, all within
+// the shutdown budget; it then closes the connections still open.
+func shutdown(cfg config, srv *server.Server, hs *http.Server, log *zap.Logger) {
 	held := srv.Held()
 	budget := cfg.shutdownLimit
 	if budget == 0 {
@@ -543,19 +588,19 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	log.Info("releasing every lock", zap.Int("held", held), zap.Duration("budget", budget))
 	sctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	// Stop accepting connections and wait for open ones to finish, while
-	// the Server ends its streams and releases every lock.
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- hs.Shutdown(sctx) }()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Error("shutdown", zap.Error(err))
-	}
-	if err := <-httpDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+	var g errgroup.Group
+	g.Go(func() error { return hs.Shutdown(sctx) })
+	g.Go(func() error {
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Error("shutdown", zap.Error(err))
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("closing connections still open at the deadline", zap.Error(err))
 		_ = hs.Close()
 	}
 	log.Info("stopped")
-	return status
 }
 
 // probe is `elector probe [healthz|readyz]`: it asks the elector that

@@ -15,10 +15,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -117,9 +117,7 @@ func TestParseFlags(t *testing.T) {
 				}
 				return
 			}
-			if err != nil {
-				t.Fatalf("parseFlags: %v", err)
-			}
+			require.NoError(t, err, "parseFlags")
 			if !tt.want(c) {
 				t.Errorf("config %+v", c)
 			}
@@ -129,9 +127,7 @@ func TestParseFlags(t *testing.T) {
 
 func TestRunExitStatus(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer busy.Close()
 	tests := []struct {
 		name   string
@@ -313,13 +309,9 @@ current-context: x
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := parseFlags(append([]string{"--backend=kubernetes", "--kubeconfig", kubeconfig}, tt.args...), envOf(nil), io.Discard)
-			if err != nil {
-				t.Fatalf("parseFlags: %v", err)
-			}
+			require.NoError(t, err, "parseFlags")
 			rc, err := restConfig(cfg)
-			if err != nil {
-				t.Fatalf("restConfig: %v", err)
-			}
+			require.NoError(t, err, "restConfig")
 			if rc.QPS != tt.wantQPS || rc.Burst != tt.wantBurst {
 				t.Errorf("QPS %v, Burst %d; want %v, %d", rc.QPS, rc.Burst, tt.wantQPS, tt.wantBurst)
 			}
@@ -327,75 +319,35 @@ current-context: x
 	}
 }
 
-// proc is an elector process: this test binary with $runAsElector set.
+// proc is an elector process: this test binary with $runAsElector set,
+// run by the project's process runner.
 type proc struct {
-	cmd    *exec.Cmd
-	addr   string
-	addrs  []string // every address of the "serving" line
-	mu     sync.Mutex
-	logs   bytes.Buffer
-	exited chan struct{}
-	err    error
+	*electorproc.Process
+	addr  string
+	addrs []string // every address of the "serving" line
 }
 
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
-}
-
-func (p *proc) log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
-}
+func (p *proc) log() string { return p.Log() }
 
 func startElector(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{exited: make(chan struct{})}
 	base := []string{"--identity", "pod-a"}
 	if !slices.Contains(args, "--listen") {
 		base = append(base, "--listen", "127.0.0.1:0")
 	}
-	p.cmd = exec.Command(os.Args[0], append(base, args...)...)
-	p.cmd.Env = append(os.Environ(), runAsElector+"=1")
-	p.cmd.Stderr = p
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.exited)
-	}()
+	ep, err := electorproc.Launch(electorproc.Spec{
+		Name: "elector",
+		Argv: append(append([]string{os.Args[0]}, base...), args...),
+		Env:  []string{runAsElector + "=1"},
+	}, waitFor)
+	require.NoError(t, err)
 	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.exited
+		ep.Kill()
 		if t.Failed() {
-			t.Logf("elector log:\n%s", p.log())
+			t.Logf("elector log:\n%s", ep.Log())
 		}
 	})
-	deadline := time.Now().Add(waitFor)
-	for p.addr == "" {
-		for line := range strings.SplitSeq(p.log(), "\n") {
-			var m struct {
-				Msg, Addr string
-				Addrs     []string
-			}
-			if json.Unmarshal([]byte(line), &m) == nil && m.Msg == "serving" {
-				p.addr, p.addrs = m.Addr, m.Addrs
-			}
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("elector exited: %v\n%s", p.err, p.log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("elector not serving within %v", waitFor)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return p
+	return &proc{Process: ep, addr: ep.Addr, addrs: ep.Addrs}
 }
 
 func TestMemoryWarning(t *testing.T) {
@@ -417,9 +369,7 @@ func TestMetaparticleJavaScriptClient(t *testing.T) {
 	}
 	p := startElector(t, "--debug-endpoints")
 	c, err := transport.New(p.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer c.CloseIdleConnections()
 
 	js := startNode(t, node, p.addr, "shared")
@@ -437,9 +387,7 @@ func TestMetaparticleJavaScriptClient(t *testing.T) {
 	got := make(chan *transport.Lease, 1)
 	go func() {
 		l, err := c.Acquire(context.Background(), "shared", "web-1", true)
-		if err != nil {
-			t.Errorf("v1 Acquire: %v", err)
-		}
+		assert.NoError(t, err, "v1 Acquire")
 		got <- l
 	}()
 	post(t, p.addr, "/debug/revoke/shared")
@@ -454,41 +402,31 @@ func TestMetaparticleJavaScriptClient(t *testing.T) {
 	// releases, it gets the lock (GET 404, PUT 200).
 	js2 := startNode(t, node, p.addr, "shared")
 	js2.want(t, "GET 200", "PUT 409")
-	if err := l.Release(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, l.Release(context.Background()))
 	js2.wantEventually(t, "GET 404", "PUT 200", "ACQUIRED")
 }
 
 type nodeProc struct {
-	lines  chan string
-	exited chan error
+	*electorproc.Proc
+	lines chan string // closed once it has exited
 }
 
 // startNode runs testdata/mplock.js with a 100 ms interval in place of
 // Metaparticle Sync's 10 s.
 func startNode(t *testing.T, node, addr, name string) *nodeProc {
 	t.Helper()
-	cmd := exec.Command(node, "testdata/mplock.js", "http://"+addr, name, "100")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n := &nodeProc{lines: make(chan string, 1024), exited: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			n.lines <- sc.Text()
-		}
-		close(n.lines)
-		n.exited <- cmd.Wait()
-	}()
+	n := &nodeProc{lines: make(chan string, 1024)}
+	p, err := electorproc.Run(electorproc.Spec{
+		Name:   "node client",
+		Argv:   []string{node, "testdata/mplock.js", "http://" + addr, name, "100"},
+		Stdout: func(l string) { n.lines <- l },
+		Stderr: func(l string) { t.Log("node: " + l) },
+	})
+	require.NoError(t, err)
+	n.Proc = p
+	go func() { <-p.Exited(); close(n.lines) }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		p.Kill()
 		for range n.lines {
 		}
 	})
@@ -532,10 +470,8 @@ func (n *nodeProc) wantExit(t *testing.T) {
 	for range n.lines {
 	}
 	select {
-	case err := <-n.exited:
-		if err != nil {
-			t.Errorf("node client exit: %v, want 0", err)
-		}
+	case <-n.Exited():
+		assert.NoError(t, n.Err(), "node client's exit")
 	case <-time.After(waitFor):
 		t.Fatal("node client did not exit")
 	}
@@ -544,9 +480,7 @@ func (n *nodeProc) wantExit(t *testing.T) {
 func post(t *testing.T, addr, path string) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer c.Close()
 	_, _ = io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 	status, _ := bufio.NewReader(c).ReadString('\n')
@@ -668,9 +602,7 @@ func TestProbeFallsBackToIPv6(t *testing.T) {
 		t.Skip("this host has no IPv6 loopback address")
 	}
 	ln, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
 	srv.Listener = ln
 	srv.Start()

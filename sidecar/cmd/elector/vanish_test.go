@@ -159,11 +159,11 @@ func (h *healthy) count() (int, error) {
 func (h *healthy) waitCycles(t *testing.T, n int) {
 	t.Helper()
 	start, _ := h.count()
-	eventually(t, fmt.Sprintf("the healthy client locks %d more times", n), func() bool {
+	require.Eventually(t, func() bool {
 		c, err := h.count()
 		require.NoError(t, err, "healthy client")
 		return c >= start+n
-	})
+	}, waitFor, 10*time.Millisecond, fmt.Sprintf("the healthy client locks %d more times", n))
 }
 
 func (h *healthy) stop(t *testing.T) {
@@ -173,18 +173,6 @@ func (h *healthy) stop(t *testing.T) {
 	c, err := h.count()
 	assert.NoError(t, err, "healthy client")
 	t.Logf("healthy client: %d lock/unlock cycles, no error", c)
-}
-
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // noKeepAlive reads the elector's state without leaving a connection open,
@@ -223,7 +211,7 @@ func (p *proc) holder(t *testing.T, name string) string {
 // fds counts the elector process's open descriptors.
 func (p *proc) fds(t *testing.T) int {
 	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid()))
 	require.NoError(t, err)
 	return len(ents)
 }
@@ -281,7 +269,7 @@ func TestVanishedHolder(t *testing.T) {
 	require.Equal(t, transport.EventAcquired, raw.line().Type)
 	waiter := sdkLock(t, p.addr, "v", "waiter")
 	got := lockAsync(waiter)
-	eventually(t, "the SDK waiter queued", func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 })
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 }, waitFor, 10*time.Millisecond, "the SDK waiter queued")
 
 	closed := raw.vanish()
 	r := wantGranted(t, got)
@@ -303,13 +291,13 @@ func TestVanishedWaiter(t *testing.T) {
 	require.NoError(t, err)
 	raw := dialRaw(t, p.addr, "POST", "/v1/locks/w/acquire", `{"identity":"raw","wait":true}`)
 	require.Equal(t, transport.EventWaiting, raw.line().Type)
-	eventually(t, "the raw waiter queued", func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 })
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 }, waitFor, 10*time.Millisecond, "the raw waiter queued")
 	waiter := sdkLock(t, p.addr, "w", "waiter")
 	got := lockAsync(waiter)
-	eventually(t, "the SDK waiter queued behind it", func() bool { return p.metric(t, "mpsync_elector_waiters") == 2 })
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 2 }, waitFor, 10*time.Millisecond, "the SDK waiter queued behind it")
 
 	closed := raw.vanish()
-	eventually(t, "the raw waiter left the queue", func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 })
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 }, waitFor, 10*time.Millisecond, "the raw waiter left the queue")
 	t.Logf("vanished waiter's close -> out of the queue: %v", time.Since(closed))
 
 	released := time.Now()
@@ -340,9 +328,9 @@ func TestVanishedWatches(t *testing.T) {
 	start := time.Now()
 	// The healthy client's connections and the metrics scrapes come and
 	// go: allow a few descriptors and goroutines of slack.
-	eventually(t, "the watchers gauge back", func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers })
-	eventually(t, "the descriptors back", func() bool { return p.fds(t) <= fds+4 })
-	eventually(t, "the goroutines back", func() bool { return p.metric(t, "go_goroutines") <= goroutines+8 })
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers }, waitFor, 10*time.Millisecond, "the watchers gauge back")
+	require.Eventually(t, func() bool { return p.fds(t) <= fds+4 }, waitFor, 10*time.Millisecond, "the descriptors back")
+	require.Eventually(t, func() bool { return p.metric(t, "go_goroutines") <= goroutines+8 }, waitFor, 10*time.Millisecond, "the goroutines back")
 	t.Logf("back within %v: %d descriptors, %v goroutines", time.Since(start), p.fds(t), p.metric(t, "go_goroutines"))
 }
 
@@ -356,8 +344,8 @@ func TestUnreadStreams(t *testing.T) {
 
 	holder := dialRaw(t, p.addr, "POST", "/v1/locks/u/acquire", `{"identity":"unread"}`)
 	watch := dialRaw(t, p.addr, "GET", "/v1/locks/u/watch", "")
-	eventually(t, "the unread holder holds", func() bool { return p.holder(t, "u") == "unread" })
-	eventually(t, "the unread watch is open", func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers+1 })
+	require.Eventually(t, func() bool { return p.holder(t, "u") == "unread" }, waitFor, 10*time.Millisecond, "the unread holder holds")
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers+1 }, waitFor, 10*time.Millisecond, "the unread watch is open")
 	// The point of the test: let heartbeats pile up unread for several
 	// intervals while the healthy client works on. A client that does not
 	// read but keeps its socket is alive: it keeps its lock.
@@ -368,7 +356,7 @@ func TestUnreadStreams(t *testing.T) {
 
 	holder.vanish()
 	watch.vanish()
-	eventually(t, "the unread holder's lock released", func() bool { return p.holder(t, "u") == "" })
-	eventually(t, "the unread watch ended", func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers })
+	require.Eventually(t, func() bool { return p.holder(t, "u") == "" }, waitFor, 10*time.Millisecond, "the unread holder's lock released")
+	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_watchers") == watchers }, waitFor, 10*time.Millisecond, "the unread watch ended")
 	h.waitCycles(t, 3)
 }

@@ -7,7 +7,7 @@
 // Usage:
 //
 //	client -elector ADDR -name NAME -history FILE [-locks a,b:4s] [-elections e]
-//	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-seed N] [-abandon]
+//	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-rand N] [-abandon]
 //
 // For each lock of -locks it loops: Lock, hold for a random time up to
 // -hold-max (or the duration after the lock's name and a colon) while
@@ -94,7 +94,7 @@ func run() int {
 	fs.DurationVar(&c.runMax, "run-max", 3*time.Second, "longest `time` an Election runs before it is stopped")
 	fs.DurationVar(&c.staleExtra, "stale-extra", 0, "test-only: record lost or expired terms as ending this `much` later")
 	fs.BoolVar(&c.abandon, "abandon", false, abandonUsage)
-	seed := fs.Uint64("seed", 0, "random `seed` (0: from the clock)")
+	randStart := fs.Uint64("rand", 0, "start `value` of the random choices, to repeat a run (0: from the clock)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -117,8 +117,8 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		return 2
 	}
-	if *seed == 0 {
-		*seed = uint64(time.Now().UnixNano())
+	if *randStart == 0 {
+		*randStart = uint64(time.Now().UnixNano())
 	}
 	f, err := os.OpenFile(*histPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -134,7 +134,7 @@ func run() int {
 	i := uint64(0)
 	for _, l := range specs {
 		i++
-		rng := rand.New(rand.NewPCG(*seed, i))
+		rng := rand.New(rand.NewPCG(*randStart, i))
 		if c.abandon {
 			wg.Go(func() { c.abandonLoop(ctx, l.name, l.hold, rng) })
 			continue
@@ -146,7 +146,7 @@ func run() int {
 			continue
 		}
 		i++
-		rng := rand.New(rand.NewPCG(*seed, i))
+		rng := rand.New(rand.NewPCG(*randStart, i))
 		wg.Go(func() { c.electionLoop(ctx, name, rng) })
 	}
 	wg.Wait()
