@@ -41,15 +41,6 @@ type Harness interface {
 	Revoke(t *testing.T, name string)
 }
 
-// KnownFailures is implemented by a Harness whose system under test fails
-// some cases for a known reason not yet fixed. KnownFailures maps the name
-// of each such case (as in RunConformanceTests) to the reason; the suite
-// skips those cases and prints the reason, so that the failure stays in
-// sight without hiding the other cases' results.
-type KnownFailures interface {
-	KnownFailures() map[string]string
-}
-
 // Timeout bounds every wait in the suite. Waits end as soon as their
 // condition holds; the bound only turns a hang into a failure.
 var Timeout = 30 * time.Second
@@ -84,17 +75,10 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"ElectionHandover", testElectionHandover},
 		{"EventsClosedAfterRun", testEventsClosed},
 	}
-	var known map[string]string
-	if k, ok := h.(KnownFailures); ok {
-		known = k.KnownFailures()
-	}
 	// The group returns once all its parallel subtests have finished.
 	t.Run("Parallel", func(t *testing.T) {
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
-				if why, ok := known[c.name]; ok {
-					t.Skipf("known failure of this system: %s", why)
-				}
 				t.Parallel()
 				c.fn(t, h)
 			})

@@ -30,12 +30,3 @@ func (h harness) Transport(t *testing.T) mpsync.Transport {
 }
 
 func (h harness) Revoke(t *testing.T, name string) { h.post("/debug/revoke/" + name) }
-
-// KnownFailures: Client.Watch calls fn for every event of the stream, in
-// order, so a slow fn gets the backlog the socket buffered instead of the
-// latest state that Transport.Watch promises.
-func (harness) KnownFailures() map[string]string { return knownHTTPFailures }
-
-var knownHTTPFailures = map[string]string{
-	"WatchCoalesces": "the HTTP transport's Watch delivers every buffered event to a slow fn, not the latest state",
-}

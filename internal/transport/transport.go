@@ -378,10 +378,11 @@ func (c *Client) grantLine(br *bufio.Reader, quiet *silence, name string) (Event
 // Watch calls fn with the state of the lock name, then again after every
 // change of holder, until ctx ends (it returns ctx.Err()) or the stream
 // fails or falls silent for Silence (an error wrapping
-// core.ErrUnavailable). fn is called from the
-// goroutine that called Watch, one call at a time. A slow fn delays reading
-// the stream, and the elector coalesces what it cannot send: fn may miss
-// intermediate holders, never the latest one.
+// core.ErrUnavailable). fn is called from the goroutine that called Watch,
+// one call at a time. The stream is read on while fn runs, so a slow fn
+// neither stalls the stream (its heartbeats keep it alive) nor gets a
+// backlog: changes during a call coalesce, and the next call gets the
+// latest state, never a stale one.
 func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
 	if err := core.ValidateName(name); err != nil {
 		return err
@@ -394,38 +395,65 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 	defer context.AfterFunc(c.closed, cancel)()
 	resp, err := c.do(streamCtx, http.MethodGet, c.lockURL(name, "watch"), name, nil)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if c.closed.Err() != nil {
-			return c.closedError()
-		}
-		return err
+		return c.watchEnded(ctx, err)
 	}
 	defer resp.Body.Close()
 	quiet := newSilence(cancel, &c.armed)
 	defer quiet.stop()
-	br := bufio.NewReaderSize(resp.Body, maxLine)
+	latest := make(chan core.Holder, 1)
+	ended := make(chan error, 1)
+	go func() { ended <- c.readHolders(bufio.NewReaderSize(resp.Body, maxLine), quiet, latest) }()
+	defer func() { cancel(); <-ended }()
+	for {
+		select {
+		case h := <-latest:
+			fn(h)
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		case err := <-ended:
+			ended <- err // for the deferred join
+			select {
+			case h := <-latest: // the last state read before the end
+				fn(h)
+			default:
+			}
+			return c.watchEnded(ctx, err)
+		}
+	}
+}
+
+// readHolders reads a watch stream until it fails or the elector ends it,
+// keeping the newest holder event, unread, in latest (capacity 1): an
+// older unread one is replaced.
+func (c *Client) readHolders(br *bufio.Reader, quiet *silence, latest chan core.Holder) error {
 	for {
 		ev, err := readEvent(br)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if c.closed.Err() != nil {
-				return c.closedError()
-			}
 			return fmt.Errorf("%w: watch stream from the elector at %s broke: %w", core.ErrUnavailable, c.base, quiet.explain(err))
 		}
 		quiet.heard(ev)
 		switch ev.Type {
 		case EventHolder:
-			fn(core.Holder{Identity: ev.Holder, Token: ev.Token})
+			select {
+			case <-latest:
+			default:
+			}
+			latest <- core.Holder{Identity: ev.Holder, Token: ev.Token}
 		case EventError:
 			return fmt.Errorf("%w: the elector at %s ended the watch: %s", core.ErrUnavailable, c.base, ev.Error)
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 	}
+}
+
+// watchEnded is what Watch returns when its exchange ended with err:
+// ctx's error if ctx ended, the closed-client error after Close, else err.
+func (c *Client) watchEnded(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if c.closed.Err() != nil {
+		return c.closedError()
+	}
+	return err
 }

@@ -96,14 +96,6 @@ func (h *harness) Transport(t *testing.T) mpsync.Transport {
 	return newTransport(t, e.Addr)
 }
 
-// KnownFailures: the electors are reached through the HTTP transport, whose
-// Watch hands a slow fn the buffered backlog, not the latest state.
-func (h *harness) KnownFailures() map[string]string {
-	return map[string]string{
-		"WatchCoalesces": "the HTTP transport's Watch delivers every buffered event to a slow fn, not the latest state",
-	}
-}
-
 // Revoke writes a foreign holder into the Lease, as an operator (or a
 // client-go candidate after an expiry) would.
 func (h *harness) Revoke(t *testing.T, name string) {
