@@ -549,12 +549,14 @@ func (r *round) inject(kind string) error {
 	case faultClientKill:
 		c := r.victim()
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
+		// Its intervals end here, just before the signal: a killed process
+		// acts no more once kill(2) returns, while a time read after it
+		// may come late on a loaded machine, after its elector saw the
+		// connections close and granted the lock to another client.
+		r.note(history.Record{Ev: history.Kill, Client: c.name})
 		if err := c.p.Signal(syscall.SIGKILL); err != nil {
 			return err
 		}
-		// Its intervals end here: after the signal, before it is reaped
-		// (and before its elector can see its connections close).
-		r.note(history.Record{Ev: history.Kill, Client: c.name})
 		<-c.p.Exited()
 		return r.startClient(c)
 
