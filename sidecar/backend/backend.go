@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/fake"
+	"github.com/mpsync/mpsync/internal/memory"
 )
 
 // Grant is one acquisition of a lock, held until released or lost.
@@ -61,34 +61,51 @@ type Backend interface {
 	Close(ctx context.Context) error
 }
 
-// Memory is the in-memory backend: locks live in this process only.
+// Memory is the in-memory backend: locks live in this process only, in a
+// memory.Table that it keeps to itself. Create it with NewMemory.
 type Memory struct {
-	*fake.Table
+	t *memory.Table
 }
 
 // NewMemory returns a memory backend whose leases last lease by default.
 func NewMemory(lease time.Duration) (*Memory, error) {
-	t, err := fake.NewTable(lease)
+	t, err := memory.NewTable(lease)
 	if err != nil {
 		return nil, err
 	}
-	return &Memory{Table: t}, nil
+	return &Memory{t: t}, nil
 }
 
 // Acquire implements Backend.
 func (m *Memory) Acquire(ctx context.Context, req core.Request) (Grant, error) {
-	g, err := m.Table.Acquire(ctx, req)
+	g, err := m.t.Acquire(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	return g, nil
 }
 
+// Watch implements Backend.
+func (m *Memory) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	return m.t.Watch(ctx, name, fn)
+}
+
+// Revoke ends the current lease on name as a real loss would (its Err
+// reports core.ErrRevoked) and reports whether there was one. It makes
+// Memory a server.Revoker, for the elector's debug endpoint.
+func (m *Memory) Revoke(name string) bool { return m.t.Revoke(name) }
+
+// Holder returns the current holder of name, and false if nobody holds it.
+func (m *Memory) Holder(name string) (core.Holder, bool) { return m.t.Holder(name) }
+
+// Stats reports how many locks are held and how many callers wait.
+func (m *Memory) Stats() (held, waiting int) { return m.t.Stats() }
+
 // Ready implements Backend: memory is always ready until closed.
 func (m *Memory) Ready(context.Context) error { return nil }
 
 // Close implements Backend.
 func (m *Memory) Close(context.Context) error {
-	m.Table.Close()
+	m.t.Close()
 	return nil
 }

@@ -1,4 +1,4 @@
-// Package fake is an in-memory lock table: the authority behind the SDK's
+// Package memory is an in-memory lock table: the authority behind the SDK's
 // public test double (package mpsynctest) and the elector's memory backend.
 //
 // It implements the same semantics as the distributed backends: at most one
@@ -17,7 +17,7 @@
 // last holder's: that holder's while the table remembers the lock, the
 // table's latest token once it has forgotten it (0 on a table that never
 // granted any).
-package fake
+package memory
 
 import (
 	"context"
@@ -58,7 +58,7 @@ type waiter struct {
 // says otherwise. lease must be at least core.MinLease.
 func NewTable(lease time.Duration) (*Table, error) {
 	if lease < core.MinLease {
-		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", lease, core.MinLease)
+		return nil, fmt.Errorf("memory: lease duration %v is shorter than %v", lease, core.MinLease)
 	}
 	return &Table{lease: lease, locks: make(map[string]*entry)}, nil
 }
@@ -101,7 +101,7 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 		req.Lease = t.lease
 	}
 	if req.Lease < core.MinLease {
-		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", req.Lease, core.MinLease)
+		return nil, fmt.Errorf("memory: lease duration %v is shorter than %v", req.Lease, core.MinLease)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
