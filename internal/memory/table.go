@@ -63,9 +63,6 @@ func NewTable(lease time.Duration) (*Table, error) {
 	return &Table{lease: lease, locks: make(map[string]*entry)}, nil
 }
 
-// LeaseDuration is the table's default lease duration.
-func (t *Table) LeaseDuration() time.Duration { return t.lease }
-
 func (t *Table) entryLocked(name string) *entry {
 	e := t.locks[name]
 	if e == nil {
@@ -162,7 +159,6 @@ func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
 	g := &Grant{
 		t:        t,
 		e:        e,
-		name:     req.Name,
 		identity: req.Identity,
 		session:  "s" + strconv.FormatUint(t.sessions, 10),
 		token:    e.token,
@@ -310,7 +306,6 @@ func (t *Table) Close() {
 type Grant struct {
 	t        *Table
 	e        *entry
-	name     string
 	identity string
 	session  string
 	token    uint64
@@ -339,12 +334,6 @@ func (g *Grant) armLocked() {
 		}
 	})
 }
-
-// Name is the lock's name.
-func (g *Grant) Name() string { return g.name }
-
-// Identity is the holder's identity.
-func (g *Grant) Identity() string { return g.identity }
 
 // Session is unique to this acquisition within the table.
 func (g *Grant) Session() string { return g.session }

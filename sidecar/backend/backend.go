@@ -7,32 +7,22 @@ import (
 	"context"
 	"time"
 
+	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/memory"
 )
 
-// Grant is one acquisition of a lock, held until released or lost.
-// Implementations are safe for concurrent use.
+// Grant is one acquisition of a lock, held until released or lost: an
+// mpsync.Lease (one definition of Token, Validity, Done, Err, Renew and
+// Release, with the same contracts on both sides of the wire) plus the
+// session the elector names it by. Validity counts from when Acquire was
+// called (docs/DESIGN.md, "The timing model"); Renew fails with an error
+// wrapping core.ErrLockLost once the lease has ended. Implementations are
+// safe for concurrent use.
 type Grant interface {
+	mpsync.Lease
 	// Session is unique to this acquisition within the backend.
 	Session() string
-	// Token is the fencing token: greater than every earlier acquisition's.
-	Token() uint64
-	// Validity is how long the holder may act on the lease, counted from
-	// when Acquire was called (docs/DESIGN.md, "The timing model").
-	Validity() time.Duration
-	// Done is closed when the lease ends for any reason.
-	Done() <-chan struct{}
-	// Err is nil while the lease lasts and after a release, and says why
-	// after a loss.
-	Err() error
-	// Renew extends the lease and returns its validity counted from when
-	// Renew was called. After the lease ended it fails with an error
-	// wrapping core.ErrLockLost.
-	Renew(ctx context.Context) (time.Duration, error)
-	// Release ends the lease, so that the next waiter can take it. It is a
-	// no-op on a lease that already ended.
-	Release(ctx context.Context) error
 }
 
 // Waited is implemented by a Grant whose Validity counts from the write
