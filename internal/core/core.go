@@ -89,15 +89,32 @@ const Margin = 250 * time.Millisecond
 // Margin would eat most of the validity.
 const MinLease = time.Second
 
+// LeastElapsed is the least time any clock in the system can count while
+// another counts d: d*(1-2*Rho). It is the one place the drift bound is
+// applied; a time measured on one clock and spent on another goes through
+// it.
+func LeastElapsed(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (1 - 2*Rho))
+}
+
 // Validity is how long a holder may act on a lease of duration d, counted
 // from the moment it sent the request that wrote the lease:
-// d*(1-2*Rho) - Margin, never negative.
+// LeastElapsed(d) - Margin, never negative.
 func Validity(d time.Duration) time.Duration {
-	v := time.Duration(float64(d)*(1-2*Rho)) - Margin
+	v := LeastElapsed(d) - Margin
 	if v < 0 {
 		return 0
 	}
 	return v
+}
+
+// WaitedValidity is the validity of a lease of duration d written waited
+// after the Acquire call that asked for it (waited measured on the
+// backend's clock), counted from that call: Validity(d) plus
+// LeastElapsed(waited). Every backend's Grant.Validity is this, so that a
+// grant that came after a long wait is of full use without a renewal.
+func WaitedValidity(d, waited time.Duration) time.Duration {
+	return Validity(d) + LeastElapsed(max(0, waited))
 }
 
 // Request asks a lock table or backend for a lock.

@@ -50,8 +50,9 @@ type entry struct {
 }
 
 type waiter struct {
-	req   core.Request
-	grant chan *Grant // buffered; nil grant means the table closed
+	req    core.Request
+	called time.Time   // when Acquire was called
+	grant  chan *Grant // buffered; nil grant means the table closed
 }
 
 // NewTable returns an empty table whose leases last lease unless a core.Request
@@ -86,8 +87,10 @@ func (t *Table) dropIfIdleLocked(e *entry) {
 // it queues behind earlier waiters until granted, ctx ends (ctx.Err(), and
 // nothing is left held) or the table closes (core.ErrClosed).
 //
-// The grant's Validity counts from the moment Acquire was called.
+// The grant's Validity counts from the moment Acquire was called, the time
+// it waited included.
 func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
+	called := time.Now()
 	if err := core.ValidateName(req.Name); err != nil {
 		return nil, err
 	}
@@ -111,7 +114,7 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	}
 	e := t.entryLocked(req.Name)
 	if e.held == nil && len(e.waiters) == 0 {
-		g := t.grantLocked(e, req)
+		g := t.grantLocked(e, req, called)
 		t.mu.Unlock()
 		return g, nil
 	}
@@ -123,7 +126,7 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 		t.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s holds %q", core.ErrLocked, holder, req.Name)
 	}
-	w := &waiter{req: req, grant: make(chan *Grant, 1)}
+	w := &waiter{req: req, called: called, grant: make(chan *Grant, 1)}
 	e.waiters = append(e.waiters, w)
 	t.mu.Unlock()
 
@@ -152,7 +155,8 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	return nil, ctx.Err()
 }
 
-func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
+// grantLocked grants e to req, whose Acquire was called at called.
+func (t *Table) grantLocked(e *entry, req core.Request, called time.Time) *Grant {
 	t.tokens++
 	e.token = t.tokens
 	t.sessions++
@@ -163,6 +167,7 @@ func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
 		session:  "s" + strconv.FormatUint(t.sessions, 10),
 		token:    e.token,
 		lease:    req.Lease,
+		waited:   time.Since(called),
 		done:     make(chan struct{}),
 	}
 	g.armLocked()
@@ -310,6 +315,7 @@ type Grant struct {
 	session  string
 	token    uint64
 	lease    time.Duration
+	waited   time.Duration // from the Acquire call to the grant
 	done     chan struct{}
 
 	// guarded by t.mu
@@ -343,8 +349,9 @@ func (g *Grant) Session() string { return g.session }
 func (g *Grant) Token() uint64 { return g.token }
 
 // Validity is how long the holder may act on the lease, counted from when
-// it asked for it: core.Validity of the lease duration.
-func (g *Grant) Validity() time.Duration { return core.Validity(g.lease) }
+// Acquire was called: core.WaitedValidity of the lease duration and the
+// time the call waited for the grant.
+func (g *Grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done is closed when the lease ends for any reason.
 func (g *Grant) Done() <-chan struct{} { return g.done }
@@ -403,7 +410,7 @@ func (g *Grant) end(reason error) bool {
 		if len(e.waiters) > 0 && !t.closed {
 			w := e.waiters[0]
 			e.waiters = e.waiters[1:]
-			w.grant <- t.grantLocked(e, w.req)
+			w.grant <- t.grantLocked(e, w.req, w.called)
 		} else {
 			t.notifyLocked(e)
 			t.dropIfIdleLocked(e)

@@ -16,23 +16,15 @@ import (
 // mpsync.Lease (one definition of Token, Validity, Done, Err, Renew and
 // Release, with the same contracts on both sides of the wire) plus the
 // session the elector names it by. Validity counts from when Acquire was
-// called (docs/DESIGN.md, "The timing model"); Renew fails with an error
+// called, however long it waited: the backend adds the time waited, through
+// core.WaitedValidity, so that its caller needs no renewal and no
+// knowledge of which backend it has (docs/DESIGN.md, "The timing model"). Renew fails with an error
 // wrapping core.ErrLockLost once the lease has ended. Implementations are
 // safe for concurrent use.
 type Grant interface {
 	mpsync.Lease
 	// Session is unique to this acquisition within the backend.
 	Session() string
-}
-
-// Waited is implemented by a Grant whose Validity counts from the write
-// that granted it rather than from the Acquire call: Waited is how long,
-// on the backend's clock, that write was sent after Acquire was called. A
-// holder that counts from when it asked may add Waited, shrunk by the
-// drift bound, to Validity. Without it a grant that came after a long
-// wait must be renewed to be of use (its validity mostly spent).
-type Waited interface {
-	Waited() time.Duration
 }
 
 // Backend keeps locks. Implementations are safe for concurrent use.

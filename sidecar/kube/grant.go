@@ -117,16 +117,10 @@ func (g *grant) Session() string { return g.session }
 // acquisition wrote it.
 func (g *grant) Token() uint64 { return g.token }
 
-// Validity implements backend.Grant: core.Validity of the lease duration,
-// counted from when the write that granted it was sent, which is Waited
-// after Acquire was called (so, counted from the call, it is safe too).
-func (g *grant) Validity() time.Duration { return core.Validity(g.lease) }
-
-// Waited implements backend.Waited: how long after the Acquire call, on the
-// Backend's clock, the write that granted the lock was sent.
-func (g *grant) Waited() time.Duration { return g.waited }
-
-var _ backend.Waited = (*grant)(nil)
+// Validity implements backend.Grant: counted from when Acquire was called,
+// core.WaitedValidity of the lease duration and the time from the call to
+// the write that granted it, on the Backend's clock.
+func (g *grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done implements backend.Grant.
 func (g *grant) Done() <-chan struct{} { return g.done }

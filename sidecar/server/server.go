@@ -51,10 +51,6 @@ const (
 	// gone) with a fresh context; at shutdown, Shutdown's context bounds
 	// it instead (cleanupContext).
 	cleanupTimeout = time.Second
-	// renewAfterWait: a grant that took longer than this to arrive is
-	// renewed at once, so that the validity sent to the client is counted
-	// from a moment the elector knows (see acquire).
-	renewAfterWait = 100 * time.Millisecond
 )
 
 // Revoker is implemented by backends that can take a lock away from its

@@ -60,7 +60,6 @@ const waitingAfter = 100 * time.Millisecond
 // event, with heartbeats while it waits and while it holds. The lock is
 // released as soon as the client goes away.
 func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
-	received := time.Now()
 	if !checkName(w, name) {
 		return
 	}
@@ -112,15 +111,10 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		}
 		return
 	}
-	validity, err := s.validityOf(ctx, g, received)
-	if err != nil {
-		s.releaseFor(g, log, "renew after wait failed")
-		if !gone() {
-			s.acquireFailed(w, r, st, name, fmt.Errorf("lease lost right after it was granted: %w", err))
-		}
-		return
-	}
-	s.hold(r, st, g, name, validity, log)
+	// g's validity counts from the Acquire call, after the request
+	// arrived; the client counts it from when it sent the request, earlier
+	// still.
+	s.hold(r, st, g, name, g.Validity(), log)
 }
 
 // await runs the backend's Acquire of req. While a waiting request has no
@@ -183,31 +177,6 @@ func (s *Server) acquireFailed(w http.ResponseWriter, r *http.Request, st *strea
 		return
 	}
 	_ = st.send(transport.Event{Type: transport.EventError, Code: body.Code, Error: body.Error, Holder: body.Holder}, finalWriteTimeout)
-}
-
-// validityOf is the validity to tell the holder of g, counted from when the
-// client sent the request (which the elector received at received). A
-// backend.Waited grant's counts from the write that granted it: add the
-// time waited for that write (shrunk by the drift bound, as it is measured
-// on the elector's clock). Another grant's counts from the Acquire call:
-// right for one that came at once; after a wait it would be mostly spent, so
-// renew now and add the time waited until the renewal instead.
-func (s *Server) validityOf(ctx context.Context, g backend.Grant, received time.Time) (time.Duration, error) {
-	validity := g.Validity()
-	if wg, ok := g.(backend.Waited); ok {
-		return validity + time.Duration(float64(wg.Waited())*(1-2*core.Rho)), nil
-	}
-	if time.Since(received) <= renewAfterWait {
-		return validity, nil
-	}
-	renewAt := time.Now()
-	v, err := g.Renew(ctx)
-	s.m.renewal.Observe(time.Since(renewAt).Seconds())
-	if err != nil {
-		return 0, err
-	}
-	waited := renewAt.Sub(received)
-	return time.Duration(float64(waited)*(1-2*core.Rho)) + v, nil
 }
 
 // hold registers g's session, tells the client it holds the lock, and
