@@ -142,3 +142,28 @@ type Holder struct {
 	Identity string
 	Token    uint64
 }
+
+// LockedError is the error of an acquisition refused because the lock is
+// taken: errors.Is(err, ErrLocked) holds for it, and errors.As finds who
+// held the lock when the backend refused, so that nobody has to ask again.
+type LockedError struct {
+	// Name is the lock.
+	Name string
+	// Holder is the identity of the holder the backend saw when it
+	// refused; empty when none could be named (the lock was free but
+	// others waited for it, or writes kept conflicting).
+	Holder string
+	// Detail says in words what stood in the way, for Error.
+	Detail string
+}
+
+// Error reads as ErrLocked followed by the detail.
+func (e *LockedError) Error() string {
+	if e.Detail == "" {
+		return ErrLocked.Error()
+	}
+	return ErrLocked.Error() + ": " + e.Detail
+}
+
+// Is reports whether target is ErrLocked.
+func (e *LockedError) Is(target error) bool { return target == ErrLocked }

@@ -83,9 +83,10 @@ func (t *Table) dropIfIdleLocked(e *entry) {
 
 // Acquire takes the lock for req.Identity. If the lock is free and nobody
 // waits for it, it is granted at once. Otherwise, without req.Wait it fails
-// with an error wrapping core.ErrLocked that names the holder; with req.Wait
-// it queues behind earlier waiters until granted, ctx ends (ctx.Err(), and
-// nothing is left held) or the table closes (core.ErrClosed).
+// with a *core.LockedError (errors.Is core.ErrLocked) that names the
+// holder; with req.Wait it queues behind earlier waiters until granted, ctx
+// ends (ctx.Err(), and nothing is left held) or the table closes
+// (core.ErrClosed).
 //
 // The grant's Validity counts from the moment Acquire was called, the time
 // it waited included.
@@ -119,12 +120,13 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 		return g, nil
 	}
 	if !req.Wait {
-		holder := "a waiter"
+		refused := &core.LockedError{Name: req.Name, Detail: fmt.Sprintf("a waiter holds %q", req.Name)}
 		if e.held != nil {
-			holder = strconv.Quote(e.held.identity)
+			refused.Holder = e.held.identity
+			refused.Detail = fmt.Sprintf("%q holds %q", e.held.identity, req.Name)
 		}
 		t.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s holds %q", core.ErrLocked, holder, req.Name)
+		return nil, refused
 	}
 	w := &waiter{req: req, called: called, grant: make(chan *Grant, 1)}
 	e.waiters = append(e.waiters, w)
