@@ -19,7 +19,7 @@ func (s *Server) v1Get(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
 	}
-	h, err := s.holderOf(r.Context(), name)
+	h, err := s.stateOf(r.Context(), name)
 	if err != nil {
 		s.backendError(w, r, err)
 		return
@@ -32,8 +32,8 @@ func (s *Server) backendError(w http.ResponseWriter, r *http.Request, err error)
 	if r.Context().Err() != nil {
 		return // the client has gone; nobody reads an answer
 	}
-	status, code, msg := s.classify(err)
-	writeError(w, status, code, msg)
+	status, body := s.errorBody(err)
+	writeJSON(w, status, body)
 }
 
 // classify gives the status, code and message that answer a failed backend
@@ -98,7 +98,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 			log.Debug("client went away while waiting")
 			return
 		}
-		s.acquireFailed(w, r, st, name, err)
+		s.acquireFailed(w, st, err)
 		return
 	}
 	if ctx.Err() != nil || s.stopCtx.Err() != nil {
@@ -107,7 +107,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		// give it straight back.
 		s.releaseFor(g, log, "granted while the client left or the elector stopped")
 		if !gone() {
-			s.acquireFailed(w, r, st, name, core.ErrClosed)
+			s.acquireFailed(w, st, core.ErrClosed)
 		}
 		return
 	}
@@ -164,19 +164,25 @@ func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *strea
 // acquireFailed answers an acquire whose grant failed: with a status (and
 // for 409 the holder) if the stream has not started, or else with an error
 // line carrying the code that status would have.
-func (s *Server) acquireFailed(w http.ResponseWriter, r *http.Request, st *stream, name string, err error) {
-	status, code, msg := s.classify(err)
-	body := transport.ErrorBody{Error: msg, Code: code}
-	if code == transport.CodeLocked {
-		if h, herr := s.holderOf(r.Context(), name); herr == nil {
-			body.Holder = h.Identity
-		}
-	}
+func (s *Server) acquireFailed(w http.ResponseWriter, st *stream, err error) {
+	status, body := s.errorBody(err)
 	if !st.started {
 		writeJSON(w, status, body)
 		return
 	}
 	_ = st.send(transport.Event{Type: transport.EventError, Code: body.Code, Error: body.Error, Holder: body.Holder}, finalWriteTimeout)
+}
+
+// errorBody is the status and body that answer a failed backend call. For
+// a refusal (409) the body names the holder the backend saw when it
+// refused, from its *core.LockedError, without asking the backend again.
+func (s *Server) errorBody(err error) (int, transport.ErrorBody) {
+	status, code, msg := s.classify(err)
+	body := transport.ErrorBody{Error: msg, Code: code}
+	if locked := (*core.LockedError)(nil); code == transport.CodeLocked && errors.As(err, &locked) {
+		body.Holder = locked.Holder
+	}
+	return status, body
 }
 
 // hold registers g's session, tells the client it holds the lock, and
@@ -246,29 +252,13 @@ func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logg
 		_ = st.send(transport.Event{Type: transport.EventReleased}, streamWriteTimeout)
 		return
 	}
-	if gerr == nil {
-		gerr = errors.New("lease ended by the backend")
-	}
-	reason := s.lossReason(gerr)
-	s.m.losses.WithLabelValues(reason).Inc()
-	log.Warn("lock lost", zap.String("reason", reason), zap.Error(gerr))
+	reason, gerr := s.lost(g, log)
 	_ = st.send(transport.Event{
 		Type:   transport.EventLost,
 		Code:   transport.CodeLost,
 		Reason: reason,
 		Error:  gerr.Error(),
 	}, streamWriteTimeout)
-}
-
-// releaseFor releases g on someone's behalf, with a fresh bounded context.
-func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
-	ctx, cancel := s.cleanupContext()
-	defer cancel()
-	if err := g.Release(ctx); err != nil {
-		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
-		return
-	}
-	log.Info("lock released", zap.String("why", why))
 }
 
 // sessionRequest checks name and reads the body of a renew or release: a

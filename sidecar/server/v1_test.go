@@ -372,3 +372,37 @@ func TestNewRejects(t *testing.T) {
 type noRevoke struct{ backend.Backend }
 
 func newMemory(lease time.Duration) (*backend.Memory, error) { return backend.NewMemory(lease) }
+
+// watchCounter is the memory backend counting its Watch calls.
+type watchCounter struct {
+	*backend.Memory
+	watches atomic.Int32
+}
+
+func (b *watchCounter) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	b.watches.Add(1)
+	return b.Memory.Watch(ctx, name, fn)
+}
+
+// TestRefusalNamesHolderWithoutWatch: a 409, from v1 and from the legacy
+// PUT, names the holder the backend's refusal carried, and the server
+// opens no watch to find it.
+func TestRefusalNamesHolderWithoutWatch(t *testing.T) {
+	mem, err := backend.NewMemory(15 * time.Second)
+	require.NoError(t, err)
+	wc := &watchCounter{Memory: mem}
+	e := newEnv(t, Config{Backend: wc})
+	e.acquired("a", "web-1")
+
+	var eb transport.ErrorBody
+	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-2"}`, http.StatusConflict, &eb)
+	assert.Equal(t, transport.CodeLocked, eb.Code, "v1 409 code")
+	assert.Equal(t, "web-1", eb.Holder, "v1 409 holder")
+
+	eb = transport.ErrorBody{}
+	e.doJSON("PUT", "/locks/a", "", http.StatusConflict, &eb)
+	assert.Equal(t, transport.CodeLocked, eb.Code, "legacy 409 code")
+	assert.Equal(t, "web-1", eb.Holder, "legacy 409 holder")
+
+	assert.Zero(t, wc.watches.Load(), "backend watches opened to answer the refusals")
+}
