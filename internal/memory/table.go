@@ -5,8 +5,8 @@
 // holder per lock, a fencing token that grows with every acquisition, leases
 // that expire when not renewed within their duration, FIFO hand-off to
 // waiters, and watchers that learn of every change of holder. It has no
-// sockets and uses only the standard library's timers, so testing/synctest
-// can drive it.
+// sockets and its only clock is the machine's (clock.Real, the standard
+// library's timers), so testing/synctest can drive it.
 //
 // Memory returns: a lock with no holder, no waiter and no watcher is
 // forgotten, so a table that has seen a million names keeps only those in
@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
 )
 
@@ -321,26 +322,15 @@ type Grant struct {
 	done     chan struct{}
 
 	// guarded by t.mu
-	timer *time.Timer
-	gen   uint64 // bumped by every renewal; a timer of an older generation is stale
-	ended bool
-	err   error
+	expiry clock.Deadline // re-armed by every renewal
+	ended  bool
+	err    error
 }
 
+// armLocked (re)starts the lease's expiry: with no renewal within the
+// lease duration the grant ends with core.ErrExpired.
 func (g *Grant) armLocked() {
-	if g.timer != nil {
-		g.timer.Stop()
-	}
-	g.gen++
-	gen := g.gen
-	g.timer = time.AfterFunc(g.lease, func() {
-		g.t.mu.Lock()
-		stale := g.gen != gen
-		g.t.mu.Unlock()
-		if !stale {
-			g.end(core.ErrExpired)
-		}
-	})
+	g.expiry.Arm(clock.Real{}, g.lease, &g.t.mu, func() { g.endLocked(core.ErrExpired) })
 }
 
 // Session is unique to this acquisition within the table.
@@ -396,15 +386,20 @@ func (g *Grant) Release(ctx context.Context) error {
 // end ends the lease with reason (nil for a release) and reports whether it
 // was still live.
 func (g *Grant) end(reason error) bool {
+	g.t.mu.Lock()
+	defer g.t.mu.Unlock()
+	return g.endLocked(reason)
+}
+
+// endLocked is end with t.mu held.
+func (g *Grant) endLocked(reason error) bool {
 	t := g.t
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if g.ended {
 		return false
 	}
 	g.ended = true
 	g.err = reason
-	g.timer.Stop()
+	g.expiry.Stop()
 	close(g.done)
 	e := g.e
 	if e.held == g {

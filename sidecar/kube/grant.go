@@ -29,11 +29,10 @@ type grant struct {
 	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
 
 	// guarded by b.mu
-	last  *coordinationv1.Lease // the last version this grant wrote or saw naming it
-	timer clock.Timer           // ends the grant at its local validity deadline
-	gen   uint64                // bumped whenever timer is re-armed
-	ended bool
-	err   error
+	last     *coordinationv1.Lease // the last version this grant wrote or saw naming it
+	deadline clock.Deadline        // ends the grant at its local validity deadline
+	ended    bool
+	err      error
 }
 
 var _ backend.Grant = (*grant)(nil)
@@ -41,16 +40,9 @@ var _ backend.Grant = (*grant)(nil)
 // armLocked (re)starts the local deadline: the validity of a write sent at
 // sent. With no renewal by then the grant ends with core.ErrExpired.
 func (g *grant) armLocked(sent time.Time) {
-	if g.timer != nil {
-		g.timer.Stop()
-	}
-	g.gen++
-	gen := g.gen
-	g.timer = g.b.clock.AfterFunc(g.b.clock.Until(sent.Add(core.Validity(g.lease))), func() {
-		b := g.b
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if g.gen != gen || g.ended {
+	b := g.b
+	g.deadline.Arm(b.clock, b.clock.Until(sent.Add(core.Validity(g.lease))), &b.mu, func() {
+		if g.ended {
 			return
 		}
 		g.endLocked(fmt.Errorf("%w: lease %s/%s", core.ErrExpired, b.ns, g.st.name))
@@ -84,9 +76,7 @@ func (g *grant) endLocked(reason error) {
 	g.ended = true
 	g.err = reason
 	g.b.held--
-	if g.timer != nil {
-		g.timer.Stop()
-	}
+	g.deadline.Stop()
 	close(g.done)
 	if g.st.grant == g {
 		g.st.grant = nil
