@@ -336,9 +336,8 @@ func unknownSession(w http.ResponseWriter, name string) {
 
 // watch serves GET /v1/locks/{name}/watch: the lock's state at once, then
 // after every change, with heartbeats between, until the client goes away.
-// The backend's Watch runs on its own goroutine and leaves only the latest
-// state in a one-slot mailbox, so a slow client gets the latest state, not
-// a backlog.
+// The backend's Watch feeds a one-slot mailbox, so a slow client gets the
+// latest state, not a backlog.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
@@ -366,33 +365,18 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	defer cancel()
 	defer context.AfterFunc(s.stopCtx, cancel)()
 
-	latest := make(chan core.Holder, 1)
-	ended := make(chan error, 1)
-	go func() {
-		ended <- s.b.Watch(ctx, name, func(h core.Holder) {
-			// Only this goroutine sends, so after the drain there is room.
-			select {
-			case <-latest:
-			default:
-			}
-			latest <- h
-		})
-	}()
-
+	latest, ended := s.mailbox(ctx, name)
 	st := newStream(w)
 	defer st.end()
 	// A write that fails means the client is gone or stalled: end the
 	// watch. Later writes fail at once.
-	send := func(v any) {
+	sendHolder := func(h core.Holder) {
 		if st.failed() {
 			return
 		}
-		if st.send(v, streamWriteTimeout) != nil {
+		if st.send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token}, streamWriteTimeout) != nil {
 			cancel()
 		}
-	}
-	sendHolder := func(h core.Holder) {
-		send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token})
 	}
 	tick := time.NewTicker(transport.HeartbeatInterval)
 	defer tick.Stop()
@@ -400,31 +384,56 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 		select {
 		case h := <-latest:
 			sendHolder(h)
-			continue
 		case <-tick.C:
 			if !st.failed() && st.heartbeat() != nil {
 				cancel()
 			}
-			continue
 		case err := <-ended:
 			select {
 			case h := <-latest:
 				sendHolder(h)
 			default:
 			}
-			switch {
-			case st.failed() || r.Context().Err() != nil:
-				// The client is gone; nobody reads more.
-			case !st.started:
-				s.backendError(w, r, err)
-			default:
-				msg := "elector shutting down"
-				if s.stopCtx.Err() == nil {
-					msg = fmt.Sprintf("backend watch ended: %v", err)
-				}
-				_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
-			}
+			s.watchEnded(w, r, st, err)
 			return
 		}
+	}
+}
+
+// mailbox runs the backend's Watch of name on its own goroutine until ctx
+// ends, leaving only the latest state in latest, a one-slot mailbox, so
+// that a slow client gets the latest state, not a backlog. ended receives
+// what Watch returned.
+func (s *Server) mailbox(ctx context.Context, name string) (latest <-chan core.Holder, ended <-chan error) {
+	l := make(chan core.Holder, 1)
+	e := make(chan error, 1)
+	go func() {
+		e <- s.b.Watch(ctx, name, func(h core.Holder) {
+			// Only this goroutine sends, so after the drain there is room.
+			select {
+			case <-l:
+			default:
+			}
+			l <- h
+		})
+	}()
+	return l, e
+}
+
+// watchEnded ends a watch stream whose backend watch returned err: with a
+// status if the stream has not started, else an error line, unless the
+// client has gone.
+func (s *Server) watchEnded(w http.ResponseWriter, r *http.Request, st *stream, err error) {
+	switch {
+	case st.failed() || r.Context().Err() != nil:
+		// The client is gone; nobody reads more.
+	case !st.started:
+		s.backendError(w, r, err)
+	default:
+		msg := "elector shutting down"
+		if s.stopCtx.Err() == nil {
+			msg = fmt.Sprintf("backend watch ended: %v", err)
+		}
+		_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
 	}
 }
