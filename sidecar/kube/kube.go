@@ -78,6 +78,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -118,6 +119,10 @@ const (
 	DefaultBurst = 100
 	// closeTimeout bounds Close when its context has no deadline.
 	closeTimeout = 5 * time.Second
+	// closeReleasers bounds the releases Close runs at once: beyond that
+	// they would only queue in the client's rate limiter, each holding a
+	// goroutine.
+	closeReleasers = 32
 	// maxRequestTimeout bounds every single request to the API server.
 	maxRequestTimeout = 5 * time.Second
 )
@@ -462,19 +467,21 @@ func (b *Backend) Close(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, closeTimeout)
 		defer cancel()
 	}
+	// Release them all, closeReleasers at a time: every error is kept
+	// (errs), so the group's own first-error result is not used.
 	errs := make([]error, len(all))
-	var wg sync.WaitGroup
+	var releases errgroup.Group
+	releases.SetLimit(closeReleasers)
 	for i, h := range all {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		releases.Go(func() error {
 			errs[i] = b.clearHolder(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
 			b.mu.Lock()
 			h.st.releasing = ""
 			b.mu.Unlock()
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = releases.Wait()
 	var err error
 	if werr := waitCtx(ctx, &b.active); werr != nil {
 		err = fmt.Errorf("kube: acquisitions still in flight at close: %w", werr)
