@@ -1,7 +1,8 @@
 // Package core holds what every part of mpsync shares: the error values,
-// lock-name validation and the timing model of docs/DESIGN.md. It imports nothing
-// outside the standard library, so the SDK, the fake, the HTTP transport and
-// the elector can all use it without pulling each other in.
+// lock-name validation and the timing model of docs/DESIGN.md. It imports
+// nothing outside the standard library, so the SDK, the memory table, the
+// HTTP transport and the elector can all use it without pulling each other
+// in.
 package core
 
 import (
@@ -58,8 +59,8 @@ const MaxIdentityLength = 253
 // ValidateIdentity reports whether id can name a holder: 1 to
 // MaxIdentityLength bytes of valid UTF-8 with no control characters
 // (unicode.IsControl: C0, DEL, C1), so that it survives JSON, HTTP headers,
-// logs and a Lease's spec.holderIdentity unchanged. The SDK, the fake and the
-// elector all apply this one rule. The error wraps ErrInvalidIdentity.
+// logs and a Lease's spec.holderIdentity unchanged. The SDK, the memory
+// table and the elector all apply this one rule. The error wraps ErrInvalidIdentity.
 func ValidateIdentity(id string) error {
 	switch {
 	case id == "":

@@ -17,10 +17,10 @@ import (
 // Release, with the same contracts on both sides of the wire) plus the
 // session the elector names it by. Validity counts from when Acquire was
 // called, however long it waited: the backend adds the time waited, through
-// core.WaitedValidity, so that its caller needs no renewal and no
-// knowledge of which backend it has (docs/DESIGN.md, "The timing model"). Renew fails with an error
-// wrapping core.ErrLockLost once the lease has ended. Implementations are
-// safe for concurrent use.
+// core.WaitedValidity, so that its caller needs no renewal and no knowledge
+// of which backend it has (docs/DESIGN.md, "The timing model"). Renew fails
+// with an error wrapping core.ErrLockLost once the lease has ended.
+// Implementations are safe for concurrent use.
 type Grant interface {
 	mpsync.Lease
 	// Session is unique to this acquisition within the backend.
@@ -30,7 +30,8 @@ type Grant interface {
 // Backend keeps locks. Implementations are safe for concurrent use.
 type Backend interface {
 	// Acquire takes req.Name for req.Identity: at once, or after waiting if
-	// req.Wait, or fails with an error wrapping core.ErrLocked. If ctx ends
+	// req.Wait, or fails with a *core.LockedError (errors.Is
+	// core.ErrLocked) naming the holder it saw, if any. If ctx ends
 	// while waiting it returns ctx.Err() and leaves nothing held.
 	Acquire(ctx context.Context, req core.Request) (Grant, error)
 	// Watch calls fn with the state of name and again after every change of
