@@ -181,23 +181,31 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 		if !apierrors.IsConflict(err) || attempt > 0 {
 			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
 		}
-		cur, err := b.get(ctx, g.st, g.lease)
-		if err != nil && !errors.Is(err, errGone) {
-			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
-		}
-		b.mu.Lock()
-		if errors.Is(err, errGone) {
-			g.endLocked(fmt.Errorf("%w: lease %s/%s was deleted", core.ErrRevoked, b.ns, g.st.name))
-		}
-		if g.ended { // get applied a version naming someone else
-			err := g.lostLocked()
-			b.mu.Unlock()
+		if base, err = g.reread(ctx); err != nil {
 			return 0, err
 		}
-		g.last = cur
-		b.mu.Unlock()
-		base = cur
 	}
+}
+
+// reread reads the Lease after a renewal of g conflicted. It returns the
+// version to renew from if the Lease still names g, and else the loss (the
+// Lease was deleted, or get applied a version naming someone else).
+func (g *grant) reread(ctx context.Context) (*coordinationv1.Lease, error) {
+	b := g.b
+	cur, err := b.get(ctx, g.st, g.lease)
+	if err != nil && !errors.Is(err, errGone) {
+		return nil, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if errors.Is(err, errGone) {
+		g.endLocked(fmt.Errorf("%w: lease %s/%s was deleted", core.ErrRevoked, b.ns, g.st.name))
+	}
+	if g.ended {
+		return nil, g.lostLocked()
+	}
+	g.last = cur
+	return cur, nil
 }
 
 // Release implements backend.Grant: it ends the grant (Err stays nil) and

@@ -238,21 +238,8 @@ var _ backend.Backend = (*Backend)(nil)
 // server: Ready reports when the watch has synced, and Acquire and Watch
 // wait for that.
 func New(cfg Config) (*Backend, error) {
-	idErr := core.ValidateIdentity(cfg.Identity)
-	switch {
-	case cfg.Client == nil:
-		return nil, errors.New("kube: Config.Client is nil")
-	case idErr != nil:
-		return nil, fmt.Errorf("kube: Config.Identity: %w", idErr)
-	case strings.ContainsAny(cfg.Identity, "@#"):
-		return nil, fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
-	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
-		return nil, fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
-	case cfg.MaxLocks < 0:
-		return nil, fmt.Errorf("kube: Config.MaxLocks %d is negative", cfg.MaxLocks)
-	}
-	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
-		return nil, fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
+	if err := checkConfig(cfg); err != nil {
+		return nil, err
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -310,6 +297,27 @@ func New(cfg Config) (*Backend, error) {
 	b.log.Info("kubernetes backend: one Lease per lock",
 		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance), zap.Int("maxLocks", b.maxLocks))
 	return b, nil
+}
+
+// checkConfig reports what in cfg New cannot work with.
+func checkConfig(cfg Config) error {
+	idErr := core.ValidateIdentity(cfg.Identity)
+	switch {
+	case cfg.Client == nil:
+		return errors.New("kube: Config.Client is nil")
+	case idErr != nil:
+		return fmt.Errorf("kube: Config.Identity: %w", idErr)
+	case strings.ContainsAny(cfg.Identity, "@#"):
+		return fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
+	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
+		return fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
+	case cfg.MaxLocks < 0:
+		return fmt.Errorf("kube: Config.MaxLocks %d is negative", cfg.MaxLocks)
+	}
+	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
+		return fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 // requestTimeout bounds one request about a lease of duration d: a write
