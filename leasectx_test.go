@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/fake"
+	"github.com/mpsync/mpsync/internal/memory"
 )
 
 // TestLeadershipContextAfterPause shows what the package doc promises of a
@@ -33,7 +33,7 @@ import (
 type testKey struct{}
 
 func TestLeadershipContextAfterPause(t *testing.T) {
-	table, err := fake.NewTable(time.Hour)
+	table, err := memory.NewTable(time.Hour)
 	require.NoError(t, err)
 	defer table.Close()
 	lease, err := table.Acquire(context.Background(), core.Request{Name: "a", Identity: "x"})

@@ -22,7 +22,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/fake"
+	"github.com/mpsync/mpsync/internal/memory"
 )
 
 // DefaultLeaseDuration is the lease duration of an Elector made without
@@ -33,7 +33,7 @@ const DefaultLeaseDuration = 15 * time.Second
 // for concurrent use. Every Transport it returns shares its lock table, as
 // clients of one elector do.
 type Elector struct {
-	table *fake.Table
+	table *memory.Table
 }
 
 // An Option configures an Elector.
@@ -56,7 +56,7 @@ func NewElector(opts ...Option) *Elector {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	t, err := fake.NewTable(o.lease)
+	t, err := memory.NewTable(o.lease)
 	if err != nil {
 		panic(fmt.Sprintf("mpsynctest: %v", err)) // unreachable: lease >= MinLease
 	}
@@ -91,7 +91,7 @@ func (f *Elector) Revoke(name string) bool { return f.table.Revoke(name) }
 func (f *Elector) Close() { f.table.Close() }
 
 type transport struct {
-	table *fake.Table
+	table *memory.Table
 }
 
 // Acquire implements mpsync.Transport. A refusal is a *mpsync.LockedError,

@@ -6,6 +6,7 @@ package clock
 
 import (
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -101,4 +102,37 @@ func (c *Skewed) AfterFunc(d time.Duration, f func()) Timer {
 // NewTimer implements Clock.
 func (c *Skewed) NewTimer(d time.Duration) Timer {
 	return realTimer{time.NewTimer(scale(d, c.rate)), c.rate}
+}
+
+// Deadline is a timer that its owner re-arms under a lock of its own, so
+// that a firing of an earlier arming, already under way when the timer was
+// re-armed or stopped, does nothing. It is the one home of that
+// generation-timer pattern, which the memory table's grants and the
+// Kubernetes backend's grants both use for their expiry. The zero value is
+// stopped. Call its methods with the lock given to Arm held.
+type Deadline struct {
+	timer Timer
+	gen   uint64 // bumped by every Arm and Stop; a firing of an older one is stale
+}
+
+// Arm (re)starts d: after after has passed on clk, fn is called with mu
+// held, unless Arm or Stop has been called since.
+func (d *Deadline) Arm(clk Clock, after time.Duration, mu sync.Locker, fn func()) {
+	d.Stop()
+	gen := d.gen
+	d.timer = clk.AfterFunc(after, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if d.gen == gen {
+			fn()
+		}
+	})
+}
+
+// Stop stops d: no fn of an earlier Arm is called after it.
+func (d *Deadline) Stop() {
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.gen++
 }

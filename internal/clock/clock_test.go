@@ -1,9 +1,12 @@
 package clock
 
 import (
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 )
 
 func TestSkewed(t *testing.T) {
@@ -38,4 +41,40 @@ func TestSkewed(t *testing.T) {
 			t.Errorf("NewSkewed(rate %v) accepted", rate)
 		}
 	}
+}
+
+// TestDeadline: only the latest Arm's fn runs, at its time, and none after
+// Stop.
+func TestDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var (
+			mu    sync.Mutex
+			d     Deadline
+			fired []int
+		)
+		arm := func(after time.Duration, n int) {
+			mu.Lock()
+			defer mu.Unlock()
+			d.Arm(Real{}, after, &mu, func() { fired = append(fired, n) })
+		}
+		firedNow := func() []int {
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]int(nil), fired...)
+		}
+		arm(time.Second, 1)
+		arm(2*time.Second, 2) // re-armed: 1 is stale
+		time.Sleep(1500 * time.Millisecond)
+		assert.Empty(t, firedNow(), "after 1.5 s")
+		time.Sleep(time.Second)
+		assert.Equal(t, []int{2}, firedNow(), "after 2.5 s")
+
+		arm(time.Second, 3)
+		mu.Lock()
+		d.Stop()
+		mu.Unlock()
+		time.Sleep(2 * time.Second)
+		assert.Equal(t, []int{2}, firedNow(), "after Stop")
+	})
 }

@@ -1,7 +1,8 @@
 // Package core holds what every part of mpsync shares: the error values,
-// lock-name validation and the timing model of docs/DESIGN.md. It imports nothing
-// outside the standard library, so the SDK, the fake, the HTTP transport and
-// the elector can all use it without pulling each other in.
+// lock-name validation and the timing model of docs/DESIGN.md. It imports
+// nothing outside the standard library, so the SDK, the memory table, the
+// HTTP transport and the elector can all use it without pulling each other
+// in.
 package core
 
 import (
@@ -58,8 +59,8 @@ const MaxIdentityLength = 253
 // ValidateIdentity reports whether id can name a holder: 1 to
 // MaxIdentityLength bytes of valid UTF-8 with no control characters
 // (unicode.IsControl: C0, DEL, C1), so that it survives JSON, HTTP headers,
-// logs and a Lease's spec.holderIdentity unchanged. The SDK, the fake and the
-// elector all apply this one rule. The error wraps ErrInvalidIdentity.
+// logs and a Lease's spec.holderIdentity unchanged. The SDK, the memory
+// table and the elector all apply this one rule. The error wraps ErrInvalidIdentity.
 func ValidateIdentity(id string) error {
 	switch {
 	case id == "":
@@ -89,15 +90,32 @@ const Margin = 250 * time.Millisecond
 // Margin would eat most of the validity.
 const MinLease = time.Second
 
+// LeastElapsed is the least time any clock in the system can count while
+// another counts d: d*(1-2*Rho). It is the one place the drift bound is
+// applied; a time measured on one clock and spent on another goes through
+// it.
+func LeastElapsed(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (1 - 2*Rho))
+}
+
 // Validity is how long a holder may act on a lease of duration d, counted
 // from the moment it sent the request that wrote the lease:
-// d*(1-2*Rho) - Margin, never negative.
+// LeastElapsed(d) - Margin, never negative.
 func Validity(d time.Duration) time.Duration {
-	v := time.Duration(float64(d)*(1-2*Rho)) - Margin
+	v := LeastElapsed(d) - Margin
 	if v < 0 {
 		return 0
 	}
 	return v
+}
+
+// WaitedValidity is the validity of a lease of duration d written waited
+// after the Acquire call that asked for it (waited measured on the
+// backend's clock), counted from that call: Validity(d) plus
+// LeastElapsed(waited). Every backend's Grant.Validity is this, so that a
+// grant that came after a long wait is of full use without a renewal.
+func WaitedValidity(d, waited time.Duration) time.Duration {
+	return Validity(d) + LeastElapsed(max(0, waited))
 }
 
 // Request asks a lock table or backend for a lock.
@@ -125,3 +143,28 @@ type Holder struct {
 	Identity string
 	Token    uint64
 }
+
+// LockedError is the error of an acquisition refused because the lock is
+// taken: errors.Is(err, ErrLocked) holds for it, and errors.As finds who
+// held the lock when the backend refused, so that nobody has to ask again.
+type LockedError struct {
+	// Name is the lock.
+	Name string
+	// Holder is the identity of the holder the backend saw when it
+	// refused; empty when none could be named (the lock was free but
+	// others waited for it, or writes kept conflicting).
+	Holder string
+	// Detail says in words what stood in the way, for Error.
+	Detail string
+}
+
+// Error reads as ErrLocked followed by the detail.
+func (e *LockedError) Error() string {
+	if e.Detail == "" {
+		return ErrLocked.Error()
+	}
+	return ErrLocked.Error() + ": " + e.Detail
+}
+
+// Is reports whether target is ErrLocked.
+func (e *LockedError) Is(target error) bool { return target == ErrLocked }

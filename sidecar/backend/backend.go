@@ -7,48 +7,31 @@ import (
 	"context"
 	"time"
 
+	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/fake"
+	"github.com/mpsync/mpsync/internal/memory"
 )
 
-// Grant is one acquisition of a lock, held until released or lost.
+// Grant is one acquisition of a lock, held until released or lost: an
+// mpsync.Lease (one definition of Token, Validity, Done, Err, Renew and
+// Release, with the same contracts on both sides of the wire) plus the
+// session the elector names it by. Validity counts from when Acquire was
+// called, however long it waited: the backend adds the time waited, through
+// core.WaitedValidity, so that its caller needs no renewal and no knowledge
+// of which backend it has (docs/DESIGN.md, "The timing model"). Renew fails
+// with an error wrapping core.ErrLockLost once the lease has ended.
 // Implementations are safe for concurrent use.
 type Grant interface {
+	mpsync.Lease
 	// Session is unique to this acquisition within the backend.
 	Session() string
-	// Token is the fencing token: greater than every earlier acquisition's.
-	Token() uint64
-	// Validity is how long the holder may act on the lease, counted from
-	// when Acquire was called (docs/DESIGN.md, "The timing model").
-	Validity() time.Duration
-	// Done is closed when the lease ends for any reason.
-	Done() <-chan struct{}
-	// Err is nil while the lease lasts and after a release, and says why
-	// after a loss.
-	Err() error
-	// Renew extends the lease and returns its validity counted from when
-	// Renew was called. After the lease ended it fails with an error
-	// wrapping core.ErrLockLost.
-	Renew(ctx context.Context) (time.Duration, error)
-	// Release ends the lease, so that the next waiter can take it. It is a
-	// no-op on a lease that already ended.
-	Release(ctx context.Context) error
-}
-
-// Waited is implemented by a Grant whose Validity counts from the write
-// that granted it rather than from the Acquire call: Waited is how long,
-// on the backend's clock, that write was sent after Acquire was called. A
-// holder that counts from when it asked may add Waited, shrunk by the
-// drift bound, to Validity. Without it a grant that came after a long
-// wait must be renewed to be of use (its validity mostly spent).
-type Waited interface {
-	Waited() time.Duration
 }
 
 // Backend keeps locks. Implementations are safe for concurrent use.
 type Backend interface {
 	// Acquire takes req.Name for req.Identity: at once, or after waiting if
-	// req.Wait, or fails with an error wrapping core.ErrLocked. If ctx ends
+	// req.Wait, or fails with a *core.LockedError (errors.Is
+	// core.ErrLocked) naming the holder it saw, if any. If ctx ends
 	// while waiting it returns ctx.Err() and leaves nothing held.
 	Acquire(ctx context.Context, req core.Request) (Grant, error)
 	// Watch calls fn with the state of name and again after every change of
@@ -61,34 +44,51 @@ type Backend interface {
 	Close(ctx context.Context) error
 }
 
-// Memory is the in-memory backend: locks live in this process only.
+// Memory is the in-memory backend: locks live in this process only, in a
+// memory.Table that it keeps to itself. Create it with NewMemory.
 type Memory struct {
-	*fake.Table
+	t *memory.Table
 }
 
 // NewMemory returns a memory backend whose leases last lease by default.
 func NewMemory(lease time.Duration) (*Memory, error) {
-	t, err := fake.NewTable(lease)
+	t, err := memory.NewTable(lease)
 	if err != nil {
 		return nil, err
 	}
-	return &Memory{Table: t}, nil
+	return &Memory{t: t}, nil
 }
 
 // Acquire implements Backend.
 func (m *Memory) Acquire(ctx context.Context, req core.Request) (Grant, error) {
-	g, err := m.Table.Acquire(ctx, req)
+	g, err := m.t.Acquire(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	return g, nil
 }
 
+// Watch implements Backend.
+func (m *Memory) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	return m.t.Watch(ctx, name, fn)
+}
+
+// Revoke ends the current lease on name as a real loss would (its Err
+// reports core.ErrRevoked) and reports whether there was one. It makes
+// Memory a server.Revoker, for the elector's debug endpoint.
+func (m *Memory) Revoke(name string) bool { return m.t.Revoke(name) }
+
+// Holder returns the current holder of name, and false if nobody holds it.
+func (m *Memory) Holder(name string) (core.Holder, bool) { return m.t.Holder(name) }
+
+// Stats reports how many locks are held and how many callers wait.
+func (m *Memory) Stats() (held, waiting int) { return m.t.Stats() }
+
 // Ready implements Backend: memory is always ready until closed.
 func (m *Memory) Ready(context.Context) error { return nil }
 
 // Close implements Backend.
 func (m *Memory) Close(context.Context) error {
-	m.Table.Close()
+	m.t.Close()
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -33,134 +34,204 @@ const (
 // then takes the lock if the Lease does not exist (Create), names no holder,
 // or has not changed for its spec.leaseDurationSeconds of this elector's
 // time (an Update conditioned on the version seen). Otherwise it fails with
-// an error wrapping core.ErrLocked that names the holder, or, with
-// req.Wait, queues behind earlier Acquire calls of this Backend and writes
-// as soon as the watch shows the Lease released or the observed lease
-// expires; a failed request is retried with backoff. A conflicting write is
-// a lost race: the Lease is read again and the decision made afresh.
+// a *core.LockedError (errors.Is core.ErrLocked) that names the holder, or,
+// with req.Wait, queues behind earlier Acquire calls of this Backend and
+// writes as soon as the watch shows the Lease released or the observed
+// lease expires; a failed request is retried with backoff. A conflicting
+// write is a lost race: the Lease is read again and the decision made
+// afresh.
 //
 // Acquire returns ctx.Err() if ctx ends first, leaving nothing held (a
 // write already sent is released), and core.ErrClosed once Close has begun.
-// The grant's Validity counts from when the write that took the Lease was
-// sent; its Waited says how long after the call that was.
+// It fails, without writing, when the next fencing token would not fit the
+// Lease's int32 spec.leaseTransitions. The grant's Validity counts from the
+// call, the time until the write that took the Lease was sent included.
 func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant, error) {
 	called := b.clock.Now()
-	if err := core.ValidateName(req.Name); err != nil {
+	d, err := b.leaseFor(ctx, req)
+	if err != nil {
 		return nil, err
 	}
-	if err := core.ValidateIdentity(req.Identity); err != nil {
+	a, err := b.begin(req, d, called)
+	if err != nil {
 		return nil, err
+	}
+	defer b.active.Done()
+	defer b.dequeue(a.st, a.w)
+	if err := b.waitSynced(ctx); err != nil {
+		return nil, err
+	}
+	for {
+		p, err := a.plan()
+		if err != nil {
+			return nil, err
+		}
+		if !p.write {
+			if !req.Wait {
+				return nil, p.refusal(b.ns, req.Name)
+			}
+			if err := sleep(ctx, b.clock, b.done, p.changed, p.wait); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		g, err := a.write(ctx, p.base)
+		if err == nil {
+			return g, nil
+		}
+		if err := a.failed(ctx, err); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// leaseFor checks req and returns its lease duration, the Backend's
+// default if req names none.
+func (b *Backend) leaseFor(ctx context.Context, req core.Request) (time.Duration, error) {
+	if err := core.ValidateName(req.Name); err != nil {
+		return 0, err
+	}
+	if err := core.ValidateIdentity(req.Identity); err != nil {
+		return 0, err
 	}
 	d := req.Lease
 	if d == 0 {
 		d = b.lease
 	}
 	if d < core.MinLease {
-		return nil, fmt.Errorf("kube: lease duration %v is shorter than %v", d, core.MinLease)
+		return 0, fmt.Errorf("kube: lease duration %v is shorter than %v", d, core.MinLease)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	return d, ctx.Err()
+}
 
+// begin registers an Acquire of req with the Backend (b.active, which the
+// caller must mark done, and, for a waiting request, the lock's queue,
+// which the caller must leave with dequeue) and returns its attempt.
+func (b *Backend) begin(req core.Request, d time.Duration, called time.Time) (*attempt, error) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
-		b.mu.Unlock()
 		return nil, core.ErrClosed
 	}
 	b.active.Add(1)
-	defer b.active.Done()
-	st := b.leaseLocked(req.Name)
-	w := &waiter{}
+	a := &attempt{b: b, st: b.leaseLocked(req.Name), w: &waiter{}, req: req, d: d, called: called}
 	if req.Wait {
-		st.queue = append(st.queue, w)
+		a.st.queue = append(a.st.queue, a.w)
 	}
+	return a, nil
+}
+
+// plan is what an attempt does next: write (base is the version to
+// update, nil to create the Lease), or else wait for changed to close or,
+// if wait > 0, for wait to pass, naming who is in the way.
+type plan struct {
+	base    *coordinationv1.Lease
+	write   bool
+	wait    time.Duration
+	changed <-chan struct{}
+	holder  string // the client identity of the holder, if there is one
+	who     string // who is in the way, in words
+}
+
+// refusal is the error of an Acquire without Wait that p refuses.
+func (p plan) refusal(ns, name string) error {
+	return &core.LockedError{Name: name, Holder: p.holder, Detail: fmt.Sprintf("%s holds %s/%s", p.who, ns, name)}
+}
+
+// plan decides the attempt's next step. For a write it counts the lock
+// as held by this Backend (failed gives it back), opens a session and
+// marks the write pending; it fails if the Backend has closed, is at its
+// MaxLocks, or the next token would not fit the Lease.
+func (a *attempt) plan() (plan, error) {
+	b, st := a.b, a.st
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return plan{}, core.ErrClosed
+	}
+	p := a.decideLocked()
+	p.changed = st.changed
+	if p.write && !a.retryAt.IsZero() {
+		if until := b.clock.Until(a.retryAt); until > 0 {
+			p.write, p.wait = false, until
+		}
+	}
+	if !p.write {
+		return p, nil
+	}
+	if b.maxLocks > 0 && b.held >= b.maxLocks {
+		return plan{}, fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
+			"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
+			core.ErrUnavailable, b.maxLocks, b.ns, a.req.Name)
+	}
+	a.token = max(st.token, transitions(p.base)) + 1
+	if a.resume {
+		a.token = transitions(p.base)
+	}
+	if a.token > math.MaxInt32 {
+		return plan{}, fmt.Errorf("%w: kube: %s/%s: the next fencing token, %d, does not fit the Lease's spec.leaseTransitions "+
+			"(int32, at most %d); the lock cannot be taken again without breaking fencing",
+			errTokenLimit, b.ns, a.req.Name, a.token, math.MaxInt32)
+	}
+	b.held++ // given back by failed unless the write makes a grant
+	a.session = b.newSessionLocked(a.req.Legacy)
+	a.holder = b.holderIdentity(a.req.Identity, a.session)
+	st.pending = a.holder
+	return p, nil
+}
+
+// errTokenLimit: the next fencing token of a lock would not fit the
+// Lease's int32 spec.leaseTransitions.
+var errTokenLimit = errors.New("fencing token at its limit")
+
+// failed handles a write that made no grant: it gives back the lock the
+// write counted as held, then returns nil to try again (after a lost race,
+// at once; after another failure of a waiting Acquire, after a backoff) or
+// the error Acquire returns.
+func (a *attempt) failed(ctx context.Context, err error) error {
+	b := a.b
+	b.mu.Lock()
+	b.held--
 	b.mu.Unlock()
-	defer b.dequeue(st, w)
-
-	if err := b.waitSynced(ctx); err != nil {
-		return nil, err
+	switch {
+	case errors.Is(err, errAbandoned):
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return core.ErrClosed
+	case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+		// A lost race: read the Lease again and decide afresh.
+		a.conflicts++
+		_, gerr := b.get(ctx, a.st, a.d)
+		if gerr == nil || errors.Is(gerr, errGone) {
+			if !a.req.Wait && a.conflicts >= tryConflicts {
+				return a.conflicted()
+			}
+			return nil
+		}
+		err = gerr
 	}
-
-	a := &attempt{b: b, st: st, w: w, req: req, d: d, called: called}
-	var (
-		retryAt   time.Time // after a failed request: no write before then
-		backoff   time.Duration
-		conflicts int
-	)
-	for {
-		b.mu.Lock()
-		if b.closed {
-			b.mu.Unlock()
-			return nil, core.ErrClosed
-		}
-		base, write, wait, holder := a.decideLocked()
-		if write && !retryAt.IsZero() {
-			if until := b.clock.Until(retryAt); until > 0 {
-				write, wait = false, until
-			}
-		}
-		if write && b.maxLocks > 0 && b.held >= b.maxLocks {
-			b.mu.Unlock()
-			return nil, fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
-				"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
-				core.ErrUnavailable, b.maxLocks, b.ns, req.Name)
-		}
-		if write {
-			b.held++ // given back below unless the write makes a grant
-			a.session = b.newSessionLocked(req.Legacy)
-			a.holder = b.holderIdentity(req.Identity, a.session)
-			st.pending = a.holder
-		}
-		changed := st.changed
-		b.mu.Unlock()
-
-		if write {
-			g, err := a.write(ctx, base)
-			if err != nil {
-				b.mu.Lock()
-				b.held--
-				b.mu.Unlock()
-			}
-			switch {
-			case err == nil:
-				return g, nil
-			case errors.Is(err, errAbandoned):
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				return nil, core.ErrClosed
-			case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
-				// A lost race: read the Lease again and decide afresh.
-				conflicts++
-				if _, gerr := b.get(ctx, st, d); gerr != nil && !errors.Is(gerr, errGone) {
-					err = gerr
-					break
-				}
-				if !req.Wait && conflicts >= tryConflicts {
-					return nil, fmt.Errorf("%w: %s/%s: writes kept conflicting", core.ErrLocked, b.ns, req.Name)
-				}
-				continue
-			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if !req.Wait {
-				return nil, fmt.Errorf("kube: acquire %s/%s: %w", b.ns, req.Name, err)
-			}
-			backoff = min(max(2*backoff, minBackoff), maxBackoff)
-			pause := backoff/2 + rand.N(backoff/2+1)
-			retryAt = b.clock.Now().Add(pause)
-			b.log.Warn("acquire failed; retrying", zap.String("name", req.Name), zap.Duration("in", pause), zap.Error(err))
-			continue
-		}
-		if !req.Wait {
-			return nil, fmt.Errorf("%w: %s holds %s/%s", core.ErrLocked, holder, b.ns, req.Name)
-		}
-
-		if err := sleep(ctx, b.clock, b.done, changed, wait); err != nil {
-			return nil, err
-		}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
+	if !a.req.Wait {
+		return fmt.Errorf("kube: acquire %s/%s: %w", b.ns, a.req.Name, err)
+	}
+	a.backoff = min(max(2*a.backoff, minBackoff), maxBackoff)
+	pause := a.backoff/2 + rand.N(a.backoff/2+1)
+	a.retryAt = b.clock.Now().Add(pause)
+	b.log.Warn("acquire failed; retrying", zap.String("name", a.req.Name), zap.Duration("in", pause), zap.Error(err))
+	return nil
+}
+
+// conflicted is the refusal of an Acquire without Wait whose writes kept
+// conflicting: it names the holder of the newest version seen, if any.
+func (a *attempt) conflicted() error {
+	b := a.b
+	b.mu.Lock()
+	holder := clientIdentity(holderOf(a.st.obj))
+	b.mu.Unlock()
+	return &core.LockedError{Name: a.req.Name, Holder: holder, Detail: fmt.Sprintf("%s/%s: writes kept conflicting", b.ns, a.req.Name)}
 }
 
 // sleep waits until changed is closed or, if wait > 0, wait has passed. It
@@ -211,43 +282,53 @@ type attempt struct {
 	// resume: the write in flight takes over a legacy lease of an earlier
 	// process of this elector (Backend.resumable), keeping its token
 	resume bool
+	// token is the fencing token of the write in flight
+	token uint64
+	// retryAt: after a failed request, no write before then; backoff is
+	// the pause that set it, doubling with each failure
+	retryAt time.Time
+	backoff time.Duration
+	// conflicts counts lost races, which end an Acquire without Wait
+	conflicts int
 }
 
-// decideLocked says whether to write now (base is the version to update, nil
-// to create the Lease), or else how long until the observed lease expires
-// (0 if only a change can help) and who holds it. A legacy request writes
-// at once over a live lease that Backend.resumable allows it to resume,
-// and sets a.resume.
-func (a *attempt) decideLocked() (base *coordinationv1.Lease, write bool, wait time.Duration, holder string) {
+// decideLocked says whether to write now (base is the version to update,
+// nil to create the Lease), or else how long until the observed lease
+// expires (0 if only a change can help) and who is in the way. A legacy
+// request writes at once over a live lease that Backend.resumable allows it
+// to resume, and sets a.resume.
+func (a *attempt) decideLocked() plan {
 	st := a.st
 	a.resume = false
 	switch {
 	case st.grant != nil:
-		return nil, false, 0, strconv.Quote(clientIdentity(st.grant.holder))
+		h := clientIdentity(st.grant.holder)
+		return plan{holder: h, who: strconv.Quote(h)}
 	case a.req.Wait && st.queue[0] != a.w:
-		return nil, false, 0, "an earlier waiter"
+		return plan{who: "an earlier waiter"}
 	case !a.req.Wait && len(st.queue) > 0:
-		return nil, false, 0, "a waiter"
+		return plan{who: "a waiter"}
 	case st.pending != "":
 		// One write at a time per lock from this elector: a second one
 		// would conflict anyway.
-		return nil, false, 0, "another client of this elector"
+		return plan{who: "another client of this elector"}
 	case st.obj == nil:
-		return nil, true, 0, ""
+		return plan{write: true}
 	}
 	h := holderOf(st.obj)
 	if h == "" {
-		return st.obj, true, 0, ""
+		return plan{base: st.obj, write: true}
 	}
 	left := a.b.duration(st.obj) - a.b.clock.Since(st.seen)
 	if left <= 0 {
-		return st.obj, true, 0, ""
+		return plan{base: st.obj, write: true}
 	}
 	if a.req.Legacy && a.b.resumable(h, a.req.Identity) && transitions(st.obj) == st.token {
 		a.resume = true
-		return st.obj, true, 0, ""
+		return plan{base: st.obj, write: true}
 	}
-	return nil, false, left, strconv.Quote(clientIdentity(h))
+	c := clientIdentity(h)
+	return plan{wait: left, holder: c, who: strconv.Quote(c)}
 }
 
 // errAbandoned: the write succeeded but the caller left or the Backend
@@ -260,37 +341,8 @@ var errAbandoned = errors.New("kube: acquisition abandoned")
 // released and write returns errAbandoned.
 func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant, error) {
 	b, st := a.b, a.st
-	b.mu.Lock()
-	token := max(st.token, transitions(base)) + 1
-	if a.resume {
-		token = transitions(base)
-	}
-	b.mu.Unlock()
-
 	sent := b.clock.Now()
-	now := metav1.NewMicroTime(sent)
-	acquired := &now
-	if a.resume && base.Spec.AcquireTime != nil {
-		acquired = base.Spec.AcquireTime.DeepCopy()
-	}
-	secs := leaseSeconds(a.d)
-	trans := int32(token)
-	var obj *coordinationv1.Lease
-	if base == nil {
-		obj = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
-			Name:      a.req.Name,
-			Namespace: b.ns,
-			Labels:    map[string]string{ManagedByLabel: ManagedBy},
-		}}
-	} else {
-		obj = base.DeepCopy()
-	}
-	obj.Spec.HolderIdentity = &a.holder
-	obj.Spec.LeaseDurationSeconds = &secs
-	obj.Spec.AcquireTime = acquired
-	obj.Spec.RenewTime = &now
-	obj.Spec.LeaseTransitions = &trans
-
+	obj := a.object(base, sent)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout(a.d))
 	var (
 		res *coordinationv1.Lease
@@ -319,12 +371,48 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 		b.reconcileLocked(st)
 		return nil, errAbandoned
 	}
+	return a.grantLocked(base, res, sent), nil
+}
+
+// object is the Lease that the write sent at sent puts in place of base
+// (nil: a new Lease): naming a.holder, with a.token as its
+// spec.leaseTransitions.
+func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinationv1.Lease {
+	now := metav1.NewMicroTime(sent)
+	acquired := &now
+	if a.resume && base.Spec.AcquireTime != nil {
+		acquired = base.Spec.AcquireTime.DeepCopy()
+	}
+	secs := leaseSeconds(a.d)
+	trans := int32(a.token) // plan checked that it fits
+	var obj *coordinationv1.Lease
+	if base == nil {
+		obj = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{
+			Name:      a.req.Name,
+			Namespace: a.b.ns,
+			Labels:    map[string]string{ManagedByLabel: ManagedBy},
+		}}
+	} else {
+		obj = base.DeepCopy()
+	}
+	obj.Spec.HolderIdentity = &a.holder
+	obj.Spec.LeaseDurationSeconds = &secs
+	obj.Spec.AcquireTime = acquired
+	obj.Spec.RenewTime = &now
+	obj.Spec.LeaseTransitions = &trans
+	return obj
+}
+
+// grantLocked makes the grant of a write sent at sent that replaced base
+// with res, and takes the attempt out of the queue.
+func (a *attempt) grantLocked(base, res *coordinationv1.Lease, sent time.Time) *grant {
+	b, st := a.b, a.st
 	g := &grant{
 		b:       b,
 		st:      st,
 		holder:  a.holder,
 		session: a.session,
-		token:   token,
+		token:   a.token,
 		lease:   a.d,
 		waited:  max(0, sent.Sub(a.called)),
 		done:    make(chan struct{}),
@@ -344,8 +432,8 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 	st.broadcast()
 	if a.resume {
 		b.log.Info("resumed a legacy lease of an earlier process of this elector",
-			zap.String("name", a.req.Name), zap.String("was", holderOf(base)), zap.String("holder", a.holder), zap.Uint64("token", token))
+			zap.String("name", a.req.Name), zap.String("was", holderOf(base)), zap.String("holder", a.holder), zap.Uint64("token", a.token))
 	}
-	b.log.Debug("lock acquired", zap.String("name", a.req.Name), zap.String("holder", a.holder), zap.Uint64("token", token))
-	return g, nil
+	b.log.Debug("lock acquired", zap.String("name", a.req.Name), zap.String("holder", a.holder), zap.Uint64("token", a.token))
+	return g
 }

@@ -29,11 +29,10 @@ type grant struct {
 	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
 
 	// guarded by b.mu
-	last  *coordinationv1.Lease // the last version this grant wrote or saw naming it
-	timer clock.Timer           // ends the grant at its local validity deadline
-	gen   uint64                // bumped whenever timer is re-armed
-	ended bool
-	err   error
+	last     *coordinationv1.Lease // the last version this grant wrote or saw naming it
+	deadline clock.Deadline        // ends the grant at its local validity deadline
+	ended    bool
+	err      error
 }
 
 var _ backend.Grant = (*grant)(nil)
@@ -41,16 +40,9 @@ var _ backend.Grant = (*grant)(nil)
 // armLocked (re)starts the local deadline: the validity of a write sent at
 // sent. With no renewal by then the grant ends with core.ErrExpired.
 func (g *grant) armLocked(sent time.Time) {
-	if g.timer != nil {
-		g.timer.Stop()
-	}
-	g.gen++
-	gen := g.gen
-	g.timer = g.b.clock.AfterFunc(g.b.clock.Until(sent.Add(core.Validity(g.lease))), func() {
-		b := g.b
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		if g.gen != gen || g.ended {
+	b := g.b
+	g.deadline.Arm(b.clock, b.clock.Until(sent.Add(core.Validity(g.lease))), &b.mu, func() {
+		if g.ended {
 			return
 		}
 		g.endLocked(fmt.Errorf("%w: lease %s/%s", core.ErrExpired, b.ns, g.st.name))
@@ -84,9 +76,7 @@ func (g *grant) endLocked(reason error) {
 	g.ended = true
 	g.err = reason
 	g.b.held--
-	if g.timer != nil {
-		g.timer.Stop()
-	}
+	g.deadline.Stop()
 	close(g.done)
 	if g.st.grant == g {
 		g.st.grant = nil
@@ -117,16 +107,10 @@ func (g *grant) Session() string { return g.session }
 // acquisition wrote it.
 func (g *grant) Token() uint64 { return g.token }
 
-// Validity implements backend.Grant: core.Validity of the lease duration,
-// counted from when the write that granted it was sent, which is Waited
-// after Acquire was called (so, counted from the call, it is safe too).
-func (g *grant) Validity() time.Duration { return core.Validity(g.lease) }
-
-// Waited implements backend.Waited: how long after the Acquire call, on the
-// Backend's clock, the write that granted the lock was sent.
-func (g *grant) Waited() time.Duration { return g.waited }
-
-var _ backend.Waited = (*grant)(nil)
+// Validity implements backend.Grant: counted from when Acquire was called,
+// core.WaitedValidity of the lease duration and the time from the call to
+// the write that granted it, on the Backend's clock.
+func (g *grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done implements backend.Grant.
 func (g *grant) Done() <-chan struct{} { return g.done }
@@ -197,23 +181,31 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 		if !apierrors.IsConflict(err) || attempt > 0 {
 			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
 		}
-		cur, err := b.get(ctx, g.st, g.lease)
-		if err != nil && !errors.Is(err, errGone) {
-			return 0, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
-		}
-		b.mu.Lock()
-		if errors.Is(err, errGone) {
-			g.endLocked(fmt.Errorf("%w: lease %s/%s was deleted", core.ErrRevoked, b.ns, g.st.name))
-		}
-		if g.ended { // get applied a version naming someone else
-			err := g.lostLocked()
-			b.mu.Unlock()
+		if base, err = g.reread(ctx); err != nil {
 			return 0, err
 		}
-		g.last = cur
-		b.mu.Unlock()
-		base = cur
 	}
+}
+
+// reread reads the Lease after a renewal of g conflicted. It returns the
+// version to renew from if the Lease still names g, and else the loss (the
+// Lease was deleted, or get applied a version naming someone else).
+func (g *grant) reread(ctx context.Context) (*coordinationv1.Lease, error) {
+	b := g.b
+	cur, err := b.get(ctx, g.st, g.lease)
+	if err != nil && !errors.Is(err, errGone) {
+		return nil, fmt.Errorf("kube: renew %s/%s: %w", b.ns, g.st.name, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if errors.Is(err, errGone) {
+		g.endLocked(fmt.Errorf("%w: lease %s/%s was deleted", core.ErrRevoked, b.ns, g.st.name))
+	}
+	if g.ended {
+		return nil, g.lostLocked()
+	}
+	g.last = cur
+	return cur, nil
 }
 
 // Release implements backend.Grant: it ends the grant (Err stays nil) and

@@ -78,6 +78,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -118,6 +119,10 @@ const (
 	DefaultBurst = 100
 	// closeTimeout bounds Close when its context has no deadline.
 	closeTimeout = 5 * time.Second
+	// closeReleasers bounds the releases Close runs at once: beyond that
+	// they would only queue in the client's rate limiter, each holding a
+	// goroutine.
+	closeReleasers = 32
 	// maxRequestTimeout bounds every single request to the API server.
 	maxRequestTimeout = 5 * time.Second
 )
@@ -233,21 +238,8 @@ var _ backend.Backend = (*Backend)(nil)
 // server: Ready reports when the watch has synced, and Acquire and Watch
 // wait for that.
 func New(cfg Config) (*Backend, error) {
-	idErr := core.ValidateIdentity(cfg.Identity)
-	switch {
-	case cfg.Client == nil:
-		return nil, errors.New("kube: Config.Client is nil")
-	case idErr != nil:
-		return nil, fmt.Errorf("kube: Config.Identity: %w", idErr)
-	case strings.ContainsAny(cfg.Identity, "@#"):
-		return nil, fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
-	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
-		return nil, fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
-	case cfg.MaxLocks < 0:
-		return nil, fmt.Errorf("kube: Config.MaxLocks %d is negative", cfg.MaxLocks)
-	}
-	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
-		return nil, fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
+	if err := checkConfig(cfg); err != nil {
+		return nil, err
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -305,6 +297,27 @@ func New(cfg Config) (*Backend, error) {
 	b.log.Info("kubernetes backend: one Lease per lock",
 		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance), zap.Int("maxLocks", b.maxLocks))
 	return b, nil
+}
+
+// checkConfig reports what in cfg New cannot work with.
+func checkConfig(cfg Config) error {
+	idErr := core.ValidateIdentity(cfg.Identity)
+	switch {
+	case cfg.Client == nil:
+		return errors.New("kube: Config.Client is nil")
+	case idErr != nil:
+		return fmt.Errorf("kube: Config.Identity: %w", idErr)
+	case strings.ContainsAny(cfg.Identity, "@#"):
+		return fmt.Errorf("kube: Config.Identity %q contains '@' or '#', which separate the parts of a holder identity", cfg.Identity)
+	case cfg.LeaseDuration != 0 && cfg.LeaseDuration < core.MinLease:
+		return fmt.Errorf("kube: lease duration %v is shorter than %v", cfg.LeaseDuration, core.MinLease)
+	case cfg.MaxLocks < 0:
+		return fmt.Errorf("kube: Config.MaxLocks %d is negative", cfg.MaxLocks)
+	}
+	if errs := validation.IsDNS1123Label(cfg.Namespace); len(errs) > 0 {
+		return fmt.Errorf("kube: namespace %q: %s", cfg.Namespace, strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 // requestTimeout bounds one request about a lease of duration d: a write
@@ -462,19 +475,21 @@ func (b *Backend) Close(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, closeTimeout)
 		defer cancel()
 	}
+	// Release them all, closeReleasers at a time: every error is kept
+	// (errs), so the group's own first-error result is not used.
 	errs := make([]error, len(all))
-	var wg sync.WaitGroup
+	var releases errgroup.Group
+	releases.SetLimit(closeReleasers)
 	for i, h := range all {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		releases.Go(func() error {
 			errs[i] = b.clearHolder(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
 			b.mu.Lock()
 			h.st.releasing = ""
 			b.mu.Unlock()
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = releases.Wait()
 	var err error
 	if werr := waitCtx(ctx, &b.active); werr != nil {
 		err = fmt.Errorf("kube: acquisitions still in flight at close: %w", werr)

@@ -3,11 +3,16 @@ package kube
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -119,8 +124,11 @@ func TestFakeSmoke(t *testing.T) {
 	if _, err := b.Acquire(ctx, core.Request{Name: "lock2", Identity: "app\tone"}); !errors.Is(err, core.ErrInvalidIdentity) {
 		t.Errorf("Acquire with a tab in the identity = %v, want ErrInvalidIdentity", err)
 	}
-	if _, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "other"}); !errors.Is(err, core.ErrLocked) {
-		t.Errorf("second Acquire = %v, want ErrLocked", err)
+	_, err = b.Acquire(ctx, core.Request{Name: "lock", Identity: "other"})
+	assert.ErrorIs(t, err, core.ErrLocked, "second Acquire")
+	var locked *core.LockedError
+	if assert.ErrorAs(t, err, &locked, "second Acquire") {
+		assert.Equal(t, "app", locked.Holder, "the holder the refusal names")
 	}
 	if v, err := g.Renew(ctx); err != nil || v != core.Validity(2*time.Second) {
 		t.Errorf("Renew = %v, %v", v, err)
@@ -145,6 +153,33 @@ func TestFakeSmoke(t *testing.T) {
 	if _, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "late"}); !errors.Is(err, core.ErrClosed) {
 		t.Errorf("Acquire after Close = %v, want ErrClosed", err)
 	}
+}
+
+// TestTokenLimit: a lock whose next fencing token would not fit the
+// Lease's int32 spec.leaseTransitions is refused with an error that says
+// so, and the Lease is left as it was.
+func TestTokenLimit(t *testing.T) {
+	full := int32(math.MaxInt32)
+	cs := fake.NewClientset(&coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: "worn", Namespace: "ns"},
+		Spec:       coordinationv1.LeaseSpec{LeaseTransitions: &full},
+	})
+	b, err := New(Config{Client: cs, Namespace: "ns", Identity: "e0", LeaseDuration: 2 * time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer func() { assert.NoError(t, b.Close(ctx)) }()
+
+	for _, wait := range []bool{false, true} {
+		_, err = b.Acquire(ctx, core.Request{Name: "worn", Identity: "app", Wait: wait})
+		require.Error(t, err, "Acquire (wait %v) of a lock at the token limit", wait)
+		assert.ErrorIs(t, err, errTokenLimit, "Acquire (wait %v)", wait)
+		assert.Contains(t, err.Error(), "spec.leaseTransitions")
+	}
+	l, err := cs.CoordinationV1().Leases("ns").Get(ctx, "worn", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Nil(t, l.Spec.HolderIdentity, "the Lease's holder after the refusals")
+	assert.Equal(t, full, *l.Spec.LeaseTransitions, "the Lease's leaseTransitions after the refusals")
 }
 
 // TestNewRejects: New refuses a configuration it cannot work with.

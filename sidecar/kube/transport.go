@@ -207,7 +207,7 @@ func (t *Transport) Acquire(ctx context.Context, name, identity string, wait boo
 		}
 		return nil, t.acquireError(name, err)
 	}
-	return &inprocLease{Grant: g, validity: leaseValidity(g)}, nil
+	return &inprocLease{Grant: g}, nil
 }
 
 // syncedWithin waits up to d for the Lease watch to sync, and fails with
@@ -281,26 +281,11 @@ func (t *Transport) Close() error {
 	return t.b.Close(context.Background())
 }
 
-// inprocLease is an mpsync.Lease over a Backend grant.
+// inprocLease is an mpsync.Lease over a Backend grant, whose Validity
+// already counts from the Acquire call, wait included.
 type inprocLease struct {
 	backend.Grant
-	validity time.Duration
 }
-
-// leaseValidity is the validity of g counted from when Acquire was called,
-// as the elector computes it for its clients: a backend.Waited grant's
-// Validity counts from the write that granted it, so add the time waited
-// for that write, shrunk by the drift bound.
-func leaseValidity(g backend.Grant) time.Duration {
-	v := g.Validity()
-	if wg, ok := g.(backend.Waited); ok {
-		v += time.Duration(float64(wg.Waited()) * (1 - 2*core.Rho))
-	}
-	return v
-}
-
-// Validity implements mpsync.Lease: counted from when Acquire was called.
-func (l *inprocLease) Validity() time.Duration { return l.validity }
 
 // Renew implements mpsync.Lease.
 func (l *inprocLease) Renew(ctx context.Context) (time.Duration, error) {

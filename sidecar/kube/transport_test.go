@@ -108,14 +108,14 @@ func TestTransportTryLockUnsynced(t *testing.T) {
 	assert.Contains(t, err.Error(), "has not synced")
 }
 
-// TestLeaseValidity: counted from the Acquire call, a grant's validity is
+// TestLeaseValidity: counted from the Acquire call, a grant's Validity is
 // that of its lease plus the time waited for its write, shrunk by the
 // drift bound, as the elector tells its clients.
 func TestLeaseValidity(t *testing.T) {
 	g := &grant{lease: 10 * time.Second}
-	assert.Equal(t, core.Validity(10*time.Second), leaseValidity(g), "no wait")
+	assert.Equal(t, core.Validity(10*time.Second), g.Validity(), "no wait")
 	g.waited = 5 * time.Second
 	want := core.Validity(10*time.Second) + time.Duration(float64(5*time.Second)*(1-2*core.Rho))
-	assert.Equal(t, want, leaseValidity(g))
-	assert.Less(t, leaseValidity(g), 15*time.Second, "never the whole wait plus the whole lease")
+	assert.Equal(t, want, g.Validity())
+	assert.Less(t, g.Validity(), 15*time.Second, "never the whole wait plus the whole lease")
 }

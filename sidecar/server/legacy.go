@@ -34,7 +34,7 @@ func (s *Server) legacyGet(w http.ResponseWriter, r *http.Request, name string) 
 	if !checkName(w, name) {
 		return
 	}
-	h, err := s.holderOf(r.Context(), name)
+	h, err := s.stateOf(r.Context(), name)
 	if err != nil {
 		s.backendError(w, r, err)
 		return
@@ -124,14 +124,6 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 	g, err := s.b.Acquire(r.Context(), core.Request{Name: name, Identity: s.cfg.Identity, Lease: s.cfg.LegacyTTL, Legacy: true})
 	if err != nil {
 		s.leave()
-		if errors.Is(err, core.ErrLocked) {
-			body := transport.ErrorBody{Error: err.Error(), Code: transport.CodeLocked}
-			if h, herr := s.holderOf(r.Context(), name); herr == nil {
-				body.Holder = h.Identity
-			}
-			writeJSON(w, http.StatusConflict, body)
-			return
-		}
 		s.backendError(w, r, err)
 		return
 	}
@@ -156,22 +148,10 @@ func (s *Server) holdLegacy(ll *legacyLock, g backend.Grant, log *zap.Logger) {
 	defer s.leave()
 	select {
 	case <-g.Done():
-		err := g.Err()
-		if err == nil {
-			err = errors.New("lease ended by the backend")
-		}
-		reason := s.lossReason(err)
-		s.m.losses.WithLabelValues(reason).Inc()
-		log.Warn("lock lost", zap.String("reason", reason), zap.Error(err))
+		s.lost(g, log)
 	case <-s.stopCtx.Done():
 		s.m.releases.WithLabelValues("shutdown").Inc()
-		ctx, cancel := s.cleanupContext()
-		defer cancel()
-		if err := g.Release(ctx); err != nil {
-			log.Warn("release failed; the lease will expire", zap.Error(err))
-		} else {
-			log.Info("lock released", zap.String("why", "elector shutting down"))
-		}
+		s.releaseFor(g, log, "elector shutting down")
 	}
 	s.m.held.Dec()
 	s.mu.Lock()

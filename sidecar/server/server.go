@@ -51,10 +51,6 @@ const (
 	// gone) with a fresh context; at shutdown, Shutdown's context bounds
 	// it instead (cleanupContext).
 	cleanupTimeout = time.Second
-	// renewAfterWait: a grant that took longer than this to arrive is
-	// renewed at once, so that the validity sent to the client is counted
-	// from a moment the elector knows (see acquire).
-	renewAfterWait = 100 * time.Millisecond
 )
 
 // Revoker is implemented by backends that can take a lock away from its
@@ -409,9 +405,10 @@ func (s *Server) debugRevoke(w http.ResponseWriter, r *http.Request, name string
 	writeJSON(w, http.StatusOK, map[string]bool{"revoked": revoked})
 }
 
-// holderOf returns the current state of name: the first state a Watch
-// reports.
-func (s *Server) holderOf(ctx context.Context, name string) (core.Holder, error) {
+// stateOf returns the current state of name, for the GET endpoints: the
+// first state a Watch reports. (A refused acquisition needs no look-up: the
+// backend's *core.LockedError names the holder.)
+func (s *Server) stateOf(ctx context.Context, name string) (core.Holder, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	first := make(chan core.Holder, 1)
@@ -433,15 +430,37 @@ func (s *Server) holderOf(ctx context.Context, name string) (core.Holder, error)
 	return core.Holder{}, err
 }
 
-// lossReason classifies why a grant ended without a release.
-func (s *Server) lossReason(err error) string {
+// lost records the loss of g, whose lease ended without a release (a v1
+// stream's or a legacy lock's): it classifies why, counts it and logs it,
+// and returns the reason and the error that says why.
+func (s *Server) lost(g backend.Grant, log *zap.Logger) (reason string, err error) {
+	err = g.Err()
+	if err == nil {
+		err = errors.New("lease ended by the backend")
+	}
 	switch {
 	case errors.Is(err, core.ErrRevoked):
-		return transport.ReasonRevoked
+		reason = transport.ReasonRevoked
 	case errors.Is(err, core.ErrExpired):
-		return transport.ReasonExpired
+		reason = transport.ReasonExpired
 	case s.stopCtx.Err() != nil:
-		return transport.ReasonShutdown
+		reason = transport.ReasonShutdown
+	default:
+		reason = transport.ReasonBackend
 	}
-	return transport.ReasonBackend
+	s.m.losses.WithLabelValues(reason).Inc()
+	log.Warn("lock lost", zap.String("reason", reason), zap.Error(err))
+	return reason, err
+}
+
+// releaseFor releases g on someone's behalf (the client went away, the
+// elector is shutting down), with a fresh bounded context, and logs why.
+func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
+	ctx, cancel := s.cleanupContext()
+	defer cancel()
+	if err := g.Release(ctx); err != nil {
+		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
+		return
+	}
+	log.Info("lock released", zap.String("why", why))
 }

@@ -19,7 +19,7 @@ func (s *Server) v1Get(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
 	}
-	h, err := s.holderOf(r.Context(), name)
+	h, err := s.stateOf(r.Context(), name)
 	if err != nil {
 		s.backendError(w, r, err)
 		return
@@ -32,8 +32,8 @@ func (s *Server) backendError(w http.ResponseWriter, r *http.Request, err error)
 	if r.Context().Err() != nil {
 		return // the client has gone; nobody reads an answer
 	}
-	status, code, msg := s.classify(err)
-	writeError(w, status, code, msg)
+	status, body := s.errorBody(err)
+	writeJSON(w, status, body)
 }
 
 // classify gives the status, code and message that answer a failed backend
@@ -60,7 +60,6 @@ const waitingAfter = 100 * time.Millisecond
 // event, with heartbeats while it waits and while it holds. The lock is
 // released as soon as the client goes away.
 func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
-	received := time.Now()
 	if !checkName(w, name) {
 		return
 	}
@@ -99,7 +98,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 			log.Debug("client went away while waiting")
 			return
 		}
-		s.acquireFailed(w, r, st, name, err)
+		s.acquireFailed(w, st, err)
 		return
 	}
 	if ctx.Err() != nil || s.stopCtx.Err() != nil {
@@ -108,19 +107,14 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 		// give it straight back.
 		s.releaseFor(g, log, "granted while the client left or the elector stopped")
 		if !gone() {
-			s.acquireFailed(w, r, st, name, core.ErrClosed)
+			s.acquireFailed(w, st, core.ErrClosed)
 		}
 		return
 	}
-	validity, err := s.validityOf(ctx, g, received)
-	if err != nil {
-		s.releaseFor(g, log, "renew after wait failed")
-		if !gone() {
-			s.acquireFailed(w, r, st, name, fmt.Errorf("lease lost right after it was granted: %w", err))
-		}
-		return
-	}
-	s.hold(r, st, g, name, validity, log)
+	// g's validity counts from the Acquire call, after the request
+	// arrived; the client counts it from when it sent the request, earlier
+	// still.
+	s.hold(r, st, g, name, g.Validity(), log)
 }
 
 // await runs the backend's Acquire of req. While a waiting request has no
@@ -170,14 +164,8 @@ func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *strea
 // acquireFailed answers an acquire whose grant failed: with a status (and
 // for 409 the holder) if the stream has not started, or else with an error
 // line carrying the code that status would have.
-func (s *Server) acquireFailed(w http.ResponseWriter, r *http.Request, st *stream, name string, err error) {
-	status, code, msg := s.classify(err)
-	body := transport.ErrorBody{Error: msg, Code: code}
-	if code == transport.CodeLocked {
-		if h, herr := s.holderOf(r.Context(), name); herr == nil {
-			body.Holder = h.Identity
-		}
-	}
+func (s *Server) acquireFailed(w http.ResponseWriter, st *stream, err error) {
+	status, body := s.errorBody(err)
 	if !st.started {
 		writeJSON(w, status, body)
 		return
@@ -185,29 +173,16 @@ func (s *Server) acquireFailed(w http.ResponseWriter, r *http.Request, st *strea
 	_ = st.send(transport.Event{Type: transport.EventError, Code: body.Code, Error: body.Error, Holder: body.Holder}, finalWriteTimeout)
 }
 
-// validityOf is the validity to tell the holder of g, counted from when the
-// client sent the request (which the elector received at received). A
-// backend.Waited grant's counts from the write that granted it: add the
-// time waited for that write (shrunk by the drift bound, as it is measured
-// on the elector's clock). Another grant's counts from the Acquire call:
-// right for one that came at once; after a wait it would be mostly spent, so
-// renew now and add the time waited until the renewal instead.
-func (s *Server) validityOf(ctx context.Context, g backend.Grant, received time.Time) (time.Duration, error) {
-	validity := g.Validity()
-	if wg, ok := g.(backend.Waited); ok {
-		return validity + time.Duration(float64(wg.Waited())*(1-2*core.Rho)), nil
+// errorBody is the status and body that answer a failed backend call. For
+// a refusal (409) the body names the holder the backend saw when it
+// refused, from its *core.LockedError, without asking the backend again.
+func (s *Server) errorBody(err error) (int, transport.ErrorBody) {
+	status, code, msg := s.classify(err)
+	body := transport.ErrorBody{Error: msg, Code: code}
+	if locked := (*core.LockedError)(nil); code == transport.CodeLocked && errors.As(err, &locked) {
+		body.Holder = locked.Holder
 	}
-	if time.Since(received) <= renewAfterWait {
-		return validity, nil
-	}
-	renewAt := time.Now()
-	v, err := g.Renew(ctx)
-	s.m.renewal.Observe(time.Since(renewAt).Seconds())
-	if err != nil {
-		return 0, err
-	}
-	waited := renewAt.Sub(received)
-	return time.Duration(float64(waited)*(1-2*core.Rho)) + v, nil
+	return status, body
 }
 
 // hold registers g's session, tells the client it holds the lock, and
@@ -277,29 +252,13 @@ func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logg
 		_ = st.send(transport.Event{Type: transport.EventReleased}, streamWriteTimeout)
 		return
 	}
-	if gerr == nil {
-		gerr = errors.New("lease ended by the backend")
-	}
-	reason := s.lossReason(gerr)
-	s.m.losses.WithLabelValues(reason).Inc()
-	log.Warn("lock lost", zap.String("reason", reason), zap.Error(gerr))
+	reason, gerr := s.lost(g, log)
 	_ = st.send(transport.Event{
 		Type:   transport.EventLost,
 		Code:   transport.CodeLost,
 		Reason: reason,
 		Error:  gerr.Error(),
 	}, streamWriteTimeout)
-}
-
-// releaseFor releases g on someone's behalf, with a fresh bounded context.
-func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
-	ctx, cancel := s.cleanupContext()
-	defer cancel()
-	if err := g.Release(ctx); err != nil {
-		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
-		return
-	}
-	log.Info("lock released", zap.String("why", why))
 }
 
 // sessionRequest checks name and reads the body of a renew or release: a
@@ -377,9 +336,8 @@ func unknownSession(w http.ResponseWriter, name string) {
 
 // watch serves GET /v1/locks/{name}/watch: the lock's state at once, then
 // after every change, with heartbeats between, until the client goes away.
-// The backend's Watch runs on its own goroutine and leaves only the latest
-// state in a one-slot mailbox, so a slow client gets the latest state, not
-// a backlog.
+// The backend's Watch feeds a one-slot mailbox, so a slow client gets the
+// latest state, not a backlog.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
@@ -407,33 +365,18 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	defer cancel()
 	defer context.AfterFunc(s.stopCtx, cancel)()
 
-	latest := make(chan core.Holder, 1)
-	ended := make(chan error, 1)
-	go func() {
-		ended <- s.b.Watch(ctx, name, func(h core.Holder) {
-			// Only this goroutine sends, so after the drain there is room.
-			select {
-			case <-latest:
-			default:
-			}
-			latest <- h
-		})
-	}()
-
+	latest, ended := s.mailbox(ctx, name)
 	st := newStream(w)
 	defer st.end()
 	// A write that fails means the client is gone or stalled: end the
 	// watch. Later writes fail at once.
-	send := func(v any) {
+	sendHolder := func(h core.Holder) {
 		if st.failed() {
 			return
 		}
-		if st.send(v, streamWriteTimeout) != nil {
+		if st.send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token}, streamWriteTimeout) != nil {
 			cancel()
 		}
-	}
-	sendHolder := func(h core.Holder) {
-		send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token})
 	}
 	tick := time.NewTicker(transport.HeartbeatInterval)
 	defer tick.Stop()
@@ -441,31 +384,56 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 		select {
 		case h := <-latest:
 			sendHolder(h)
-			continue
 		case <-tick.C:
 			if !st.failed() && st.heartbeat() != nil {
 				cancel()
 			}
-			continue
 		case err := <-ended:
 			select {
 			case h := <-latest:
 				sendHolder(h)
 			default:
 			}
-			switch {
-			case st.failed() || r.Context().Err() != nil:
-				// The client is gone; nobody reads more.
-			case !st.started:
-				s.backendError(w, r, err)
-			default:
-				msg := "elector shutting down"
-				if s.stopCtx.Err() == nil {
-					msg = fmt.Sprintf("backend watch ended: %v", err)
-				}
-				_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
-			}
+			s.watchEnded(w, r, st, err)
 			return
 		}
+	}
+}
+
+// mailbox runs the backend's Watch of name on its own goroutine until ctx
+// ends, leaving only the latest state in latest, a one-slot mailbox, so
+// that a slow client gets the latest state, not a backlog. ended receives
+// what Watch returned.
+func (s *Server) mailbox(ctx context.Context, name string) (latest <-chan core.Holder, ended <-chan error) {
+	l := make(chan core.Holder, 1)
+	e := make(chan error, 1)
+	go func() {
+		e <- s.b.Watch(ctx, name, func(h core.Holder) {
+			// Only this goroutine sends, so after the drain there is room.
+			select {
+			case <-l:
+			default:
+			}
+			l <- h
+		})
+	}()
+	return l, e
+}
+
+// watchEnded ends a watch stream whose backend watch returned err: with a
+// status if the stream has not started, else an error line, unless the
+// client has gone.
+func (s *Server) watchEnded(w http.ResponseWriter, r *http.Request, st *stream, err error) {
+	switch {
+	case st.failed() || r.Context().Err() != nil:
+		// The client is gone; nobody reads more.
+	case !st.started:
+		s.backendError(w, r, err)
+	default:
+		msg := "elector shutting down"
+		if s.stopCtx.Err() == nil {
+			msg = fmt.Sprintf("backend watch ended: %v", err)
+		}
+		_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
 	}
 }

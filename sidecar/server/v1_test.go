@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -102,8 +103,9 @@ func TestAcquireLockedAndWait(t *testing.T) {
 	}
 }
 
-// waitedBackend is the memory backend with grants that implement
-// backend.Waited, as the Kubernetes backend's do, and count renewals.
+// waitedBackend is the memory backend with grants that claim to have
+// waited a fixed time (their Validity includes it, as every backend's
+// does) and count renewals.
 type waitedBackend struct {
 	*backend.Memory
 	waited time.Duration
@@ -123,39 +125,34 @@ type waitedGrant struct {
 	b *waitedBackend
 }
 
-func (g *waitedGrant) Waited() time.Duration { return g.b.waited }
+func (g *waitedGrant) Validity() time.Duration {
+	return core.WaitedValidity(15*time.Second, g.b.waited)
+}
 
 func (g *waitedGrant) Renew(ctx context.Context) (time.Duration, error) {
 	g.b.renews.Add(1)
 	return g.Grant.Renew(ctx)
 }
 
+// TestWaitedGrantIsNotRenewed: the server sends a waiter the validity its
+// grant reports (the backend has counted the wait in), whatever the
+// backend, and does not renew a grant on being granted.
 func TestWaitedGrantIsNotRenewed(t *testing.T) {
 	mem, err := backend.NewMemory(15 * time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	wb := &waitedBackend{Memory: mem, waited: 3 * time.Second}
 	e := newEnv(t, Config{Backend: wb})
 	e.mem = mem
 	_, first := e.acquired("a", "web-1")
 	waiter := e.open("POST", "/v1/locks/a/acquire", `{"identity":"web-2","wait":true}`)
 	require.Eventually(t, func() bool { _, w := e.mem.Stats(); return w == 1 }, waitFor, 10*time.Millisecond, "waiter queued")
-	waiter.wantWaiting() // sent after waitingAfter: the wait is longer than renewAfterWait
+	waiter.wantWaiting()
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
 	ev := waiter.next()
-	if ev.Type != transport.EventAcquired {
-		t.Fatalf("waiter got %+v, want acquired", ev)
-	}
-	// The grant's own Waited, shrunk by the drift bound, not the time
-	// this test waited, and no renewal to refresh the grant.
-	want := (core.Validity(15*time.Second) + time.Duration(float64(wb.waited)*(1-2*core.Rho))).Milliseconds()
-	if ev.ValidityMs != want {
-		t.Errorf("validityMs %d, want %d: the validity plus Waited×(1-2ρ)", ev.ValidityMs, want)
-	}
-	if n := wb.renews.Load(); n != 0 {
-		t.Errorf("the grant was renewed %d times on being granted, want 0", n)
-	}
+	require.Equal(t, transport.EventAcquired, ev.Type, "waiter got %+v", ev)
+	want := (core.Validity(15*time.Second) + core.LeastElapsed(wb.waited)).Milliseconds()
+	assert.Equal(t, want, ev.ValidityMs, "validityMs: the grant's Validity, Waited×(1-2ρ) included")
+	assert.Zero(t, wb.renews.Load(), "renewals of the grant on being granted")
 }
 
 func TestClientGoneReleases(t *testing.T) {
@@ -375,3 +372,37 @@ func TestNewRejects(t *testing.T) {
 type noRevoke struct{ backend.Backend }
 
 func newMemory(lease time.Duration) (*backend.Memory, error) { return backend.NewMemory(lease) }
+
+// watchCounter is the memory backend counting its Watch calls.
+type watchCounter struct {
+	*backend.Memory
+	watches atomic.Int32
+}
+
+func (b *watchCounter) Watch(ctx context.Context, name string, fn func(core.Holder)) error {
+	b.watches.Add(1)
+	return b.Memory.Watch(ctx, name, fn)
+}
+
+// TestRefusalNamesHolderWithoutWatch: a 409, from v1 and from the legacy
+// PUT, names the holder the backend's refusal carried, and the server
+// opens no watch to find it.
+func TestRefusalNamesHolderWithoutWatch(t *testing.T) {
+	mem, err := backend.NewMemory(15 * time.Second)
+	require.NoError(t, err)
+	wc := &watchCounter{Memory: mem}
+	e := newEnv(t, Config{Backend: wc})
+	e.acquired("a", "web-1")
+
+	var eb transport.ErrorBody
+	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-2"}`, http.StatusConflict, &eb)
+	assert.Equal(t, transport.CodeLocked, eb.Code, "v1 409 code")
+	assert.Equal(t, "web-1", eb.Holder, "v1 409 holder")
+
+	eb = transport.ErrorBody{}
+	e.doJSON("PUT", "/locks/a", "", http.StatusConflict, &eb)
+	assert.Equal(t, transport.CodeLocked, eb.Code, "legacy 409 code")
+	assert.Equal(t, "web-1", eb.Holder, "legacy 409 holder")
+
+	assert.Zero(t, wc.watches.Load(), "backend watches opened to answer the refusals")
+}

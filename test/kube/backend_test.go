@@ -336,17 +336,19 @@ func TestBackendHandoverByWatch(t *testing.T) {
 		ms(times[0]), ms(times[len(times)/2]), ms(times[len(times)-1]), len(times))
 }
 
-// TestBackendWaited: a grant's Waited is the time from the Acquire call to
-// the write that granted it (its validity counts from that write), so that
-// the elector needs no renewal to give a waiter its full validity.
+// TestBackendWaited: a grant's Validity counts from the Acquire call, the
+// time from the call to the write that granted it included (shrunk by the
+// drift bound), so that the elector needs no renewal to give a waiter its
+// full validity.
 func TestBackendWaited(t *testing.T) {
 	ns := namespace(t)
-	a, b := newBackend(t, ns, "e0", 15*time.Second), newBackend(t, ns, "e1", 15*time.Second)
+	const lease = 15 * time.Second
+	a, b := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease)
 	const name = "waited"
 	t0 := time.Now()
 	g := acquire(t, a, name, "first", false)
-	if w, ok := g.(backend.Waited); !ok || w.Waited() < 0 || w.Waited() > time.Since(t0) {
-		t.Fatalf("a grant at once: Waited %v (implemented: %v), want between 0 and its Acquire's %v", w, ok, time.Since(t0))
+	if v, most := g.Validity(), core.WaitedValidity(lease, time.Since(t0)); v < core.Validity(lease) || v > most {
+		t.Fatalf("a grant at once: Validity %v, want between %v and %v", v, core.Validity(lease), most)
 	}
 	got := make(chan backend.Grant, 1)
 	called := make(chan time.Time, 1)
@@ -371,11 +373,10 @@ func TestBackendWaited(t *testing.T) {
 		return
 	}
 	defer release(t, ng)
-	w, ok := ng.(backend.Waited)
-	require.True(t, ok, "the Kubernetes backend's grant does not implement backend.Waited")
-	assert.GreaterOrEqual(t, w.Waited(), hold, "a grant after a wait: Waited, against the time the lock was held after the call")
-	assert.LessOrEqual(t, w.Waited(), took, "a grant after a wait: Waited, against the time its Acquire took")
-	t.Logf("waited %v of an Acquire that took %v", w.Waited(), took)
+	v := ng.Validity()
+	assert.GreaterOrEqual(t, v, core.WaitedValidity(lease, hold), "a grant after a wait: Validity, against the time the lock was held after the call")
+	assert.LessOrEqual(t, v, core.WaitedValidity(lease, took), "a grant after a wait: Validity, against the time its Acquire took")
+	t.Logf("validity %v of a grant whose Acquire took %v", v, took)
 }
 
 // TestBackendMaxLocks: an elector at its MaxLocks refuses one more lock at

@@ -1,12 +1,12 @@
-// Package fake is an in-memory lock table: the authority behind the SDK's
+// Package memory is an in-memory lock table: the authority behind the SDK's
 // public test double (package mpsynctest) and the elector's memory backend.
 //
 // It implements the same semantics as the distributed backends: at most one
 // holder per lock, a fencing token that grows with every acquisition, leases
 // that expire when not renewed within their duration, FIFO hand-off to
 // waiters, and watchers that learn of every change of holder. It has no
-// sockets and uses only the standard library's timers, so testing/synctest
-// can drive it.
+// sockets and its only clock is the machine's (clock.Real, the standard
+// library's timers), so testing/synctest can drive it.
 //
 // Memory returns: a lock with no holder, no waiter and no watcher is
 // forgotten, so a table that has seen a million names keeps only those in
@@ -17,7 +17,7 @@
 // last holder's: that holder's while the table remembers the lock, the
 // table's latest token once it has forgotten it (0 on a table that never
 // granted any).
-package fake
+package memory
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
 )
 
@@ -50,21 +51,19 @@ type entry struct {
 }
 
 type waiter struct {
-	req   core.Request
-	grant chan *Grant // buffered; nil grant means the table closed
+	req    core.Request
+	called time.Time   // when Acquire was called
+	grant  chan *Grant // buffered; nil grant means the table closed
 }
 
 // NewTable returns an empty table whose leases last lease unless a core.Request
 // says otherwise. lease must be at least core.MinLease.
 func NewTable(lease time.Duration) (*Table, error) {
 	if lease < core.MinLease {
-		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", lease, core.MinLease)
+		return nil, fmt.Errorf("memory: lease duration %v is shorter than %v", lease, core.MinLease)
 	}
 	return &Table{lease: lease, locks: make(map[string]*entry)}, nil
 }
-
-// LeaseDuration is the table's default lease duration.
-func (t *Table) LeaseDuration() time.Duration { return t.lease }
 
 func (t *Table) entryLocked(name string) *entry {
 	e := t.locks[name]
@@ -85,12 +84,15 @@ func (t *Table) dropIfIdleLocked(e *entry) {
 
 // Acquire takes the lock for req.Identity. If the lock is free and nobody
 // waits for it, it is granted at once. Otherwise, without req.Wait it fails
-// with an error wrapping core.ErrLocked that names the holder; with req.Wait
-// it queues behind earlier waiters until granted, ctx ends (ctx.Err(), and
-// nothing is left held) or the table closes (core.ErrClosed).
+// with a *core.LockedError (errors.Is core.ErrLocked) that names the
+// holder; with req.Wait it queues behind earlier waiters until granted, ctx
+// ends (ctx.Err(), and nothing is left held) or the table closes
+// (core.ErrClosed).
 //
-// The grant's Validity counts from the moment Acquire was called.
+// The grant's Validity counts from the moment Acquire was called, the time
+// it waited included.
 func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
+	called := time.Now()
 	if err := core.ValidateName(req.Name); err != nil {
 		return nil, err
 	}
@@ -101,7 +103,7 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 		req.Lease = t.lease
 	}
 	if req.Lease < core.MinLease {
-		return nil, fmt.Errorf("fake: lease duration %v is shorter than %v", req.Lease, core.MinLease)
+		return nil, fmt.Errorf("memory: lease duration %v is shorter than %v", req.Lease, core.MinLease)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -114,19 +116,20 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	}
 	e := t.entryLocked(req.Name)
 	if e.held == nil && len(e.waiters) == 0 {
-		g := t.grantLocked(e, req)
+		g := t.grantLocked(e, req, called)
 		t.mu.Unlock()
 		return g, nil
 	}
 	if !req.Wait {
-		holder := "a waiter"
+		refused := &core.LockedError{Name: req.Name, Detail: fmt.Sprintf("a waiter holds %q", req.Name)}
 		if e.held != nil {
-			holder = strconv.Quote(e.held.identity)
+			refused.Holder = e.held.identity
+			refused.Detail = fmt.Sprintf("%q holds %q", e.held.identity, req.Name)
 		}
 		t.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s holds %q", core.ErrLocked, holder, req.Name)
+		return nil, refused
 	}
-	w := &waiter{req: req, grant: make(chan *Grant, 1)}
+	w := &waiter{req: req, called: called, grant: make(chan *Grant, 1)}
 	e.waiters = append(e.waiters, w)
 	t.mu.Unlock()
 
@@ -155,18 +158,19 @@ func (t *Table) Acquire(ctx context.Context, req core.Request) (*Grant, error) {
 	return nil, ctx.Err()
 }
 
-func (t *Table) grantLocked(e *entry, req core.Request) *Grant {
+// grantLocked grants e to req, whose Acquire was called at called.
+func (t *Table) grantLocked(e *entry, req core.Request, called time.Time) *Grant {
 	t.tokens++
 	e.token = t.tokens
 	t.sessions++
 	g := &Grant{
 		t:        t,
 		e:        e,
-		name:     req.Name,
 		identity: req.Identity,
 		session:  "s" + strconv.FormatUint(t.sessions, 10),
 		token:    e.token,
 		lease:    req.Lease,
+		waited:   time.Since(called),
 		done:     make(chan struct{}),
 	}
 	g.armLocked()
@@ -310,41 +314,24 @@ func (t *Table) Close() {
 type Grant struct {
 	t        *Table
 	e        *entry
-	name     string
 	identity string
 	session  string
 	token    uint64
 	lease    time.Duration
+	waited   time.Duration // from the Acquire call to the grant
 	done     chan struct{}
 
 	// guarded by t.mu
-	timer *time.Timer
-	gen   uint64 // bumped by every renewal; a timer of an older generation is stale
-	ended bool
-	err   error
+	expiry clock.Deadline // re-armed by every renewal
+	ended  bool
+	err    error
 }
 
+// armLocked (re)starts the lease's expiry: with no renewal within the
+// lease duration the grant ends with core.ErrExpired.
 func (g *Grant) armLocked() {
-	if g.timer != nil {
-		g.timer.Stop()
-	}
-	g.gen++
-	gen := g.gen
-	g.timer = time.AfterFunc(g.lease, func() {
-		g.t.mu.Lock()
-		stale := g.gen != gen
-		g.t.mu.Unlock()
-		if !stale {
-			g.end(core.ErrExpired)
-		}
-	})
+	g.expiry.Arm(clock.Real{}, g.lease, &g.t.mu, func() { g.endLocked(core.ErrExpired) })
 }
-
-// Name is the lock's name.
-func (g *Grant) Name() string { return g.name }
-
-// Identity is the holder's identity.
-func (g *Grant) Identity() string { return g.identity }
 
 // Session is unique to this acquisition within the table.
 func (g *Grant) Session() string { return g.session }
@@ -354,8 +341,9 @@ func (g *Grant) Session() string { return g.session }
 func (g *Grant) Token() uint64 { return g.token }
 
 // Validity is how long the holder may act on the lease, counted from when
-// it asked for it: core.Validity of the lease duration.
-func (g *Grant) Validity() time.Duration { return core.Validity(g.lease) }
+// Acquire was called: core.WaitedValidity of the lease duration and the
+// time the call waited for the grant.
+func (g *Grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done is closed when the lease ends for any reason.
 func (g *Grant) Done() <-chan struct{} { return g.done }
@@ -398,15 +386,20 @@ func (g *Grant) Release(ctx context.Context) error {
 // end ends the lease with reason (nil for a release) and reports whether it
 // was still live.
 func (g *Grant) end(reason error) bool {
+	g.t.mu.Lock()
+	defer g.t.mu.Unlock()
+	return g.endLocked(reason)
+}
+
+// endLocked is end with t.mu held.
+func (g *Grant) endLocked(reason error) bool {
 	t := g.t
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if g.ended {
 		return false
 	}
 	g.ended = true
 	g.err = reason
-	g.timer.Stop()
+	g.expiry.Stop()
 	close(g.done)
 	e := g.e
 	if e.held == g {
@@ -414,7 +407,7 @@ func (g *Grant) end(reason error) bool {
 		if len(e.waiters) > 0 && !t.closed {
 			w := e.waiters[0]
 			e.waiters = e.waiters[1:]
-			w.grant <- t.grantLocked(e, w.req)
+			w.grant <- t.grantLocked(e, w.req, w.called)
 		} else {
 			t.notifyLocked(e)
 			t.dropIfIdleLocked(e)
