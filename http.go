@@ -2,7 +2,6 @@ package mpsync
 
 import (
 	"context"
-	"errors"
 	"sync"
 
 	"github.com/mpsync/mpsync/internal/core"
@@ -76,10 +75,6 @@ func (t *HTTPTransport) Addr() string { return t.c.Addr() }
 func (t *HTTPTransport) Acquire(ctx context.Context, name, identity string, wait bool) (Lease, error) {
 	l, err := t.c.Acquire(ctx, name, identity, wait)
 	if err != nil {
-		var le *transport.LockedError
-		if errors.As(err, &le) {
-			return nil, &LockedError{Name: le.Name, Holder: le.Holder}
-		}
 		return nil, err
 	}
 	return l, nil

@@ -123,36 +123,20 @@ var (
 
 // LockedError is the error of an acquisition refused because the lock is
 // held: TryLock returns it (wrapped with detail), and so do transports
-// from Acquire without wait. It wraps ErrLocked, so both
-//
-//	errors.Is(err, mpsync.ErrLocked)
-//
-// and
+// from Acquire without wait. errors.Is(err, ErrLocked) holds for it, and
 //
 //	var e *mpsync.LockedError
 //	if errors.As(err, &e) { log.Printf("%s holds %s", e.Holder, e.Name) }
 //
-// work. The holder is as the elector saw it when it refused: by the time
-// the caller reads it, the lock may have changed hands.
-type LockedError struct {
-	// Name is the lock.
-	Name string
-	// Holder is the identity of the holder at the refusal, or empty if the
-	// elector did not say (an elector older than this field, or a lock
-	// that was free but had waiters queued ahead).
-	Holder string
-}
-
-// Error says which lock is held, and by whom when known.
-func (e *LockedError) Error() string {
-	if e.Holder != "" {
-		return fmt.Sprintf("%v: %q holds %q", ErrLocked, e.Holder, e.Name)
-	}
-	return fmt.Sprintf("%v: %q", ErrLocked, e.Name)
-}
-
-// Unwrap returns ErrLocked.
-func (e *LockedError) Unwrap() error { return ErrLocked }
+// finds its fields: Name, the lock; Holder, the identity of the holder the
+// backend saw when it refused (empty when it could not name one: an
+// elector older than this field, a lock that was free but had waiters
+// queued ahead, writes that kept conflicting); Detail, what stood in the
+// way in words. By the time the caller reads Holder, the lock may have
+// changed hands. It is one type with the one every backend and the
+// elector's client return, so that it reaches the caller of any transport
+// of this module unchanged; a Transport of another module returns it too.
+type LockedError = core.LockedError
 
 // Holder is the state of a lock as a Transport's Watch reports it, and as
 // an Observer follows it. (The transports and the elector, in internal

@@ -50,7 +50,8 @@ func TestSDKLockedError(t *testing.T) {
 	assert.ErrorIs(t, err, mpsync.ErrLocked)
 	var le *mpsync.LockedError
 	require.ErrorAs(t, err, &le)
-	assert.Equal(t, mpsync.LockedError{Name: "jobs", Holder: "a"}, *le)
+	assert.Equal(t, "jobs", le.Name)
+	assert.Equal(t, "a", le.Holder)
 }
 
 // TestSDKObserver: an Observer over the shared transport of WithElector

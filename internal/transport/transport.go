@@ -53,24 +53,6 @@ type Client struct {
 	close  context.CancelFunc
 }
 
-// LockedError is the error of an acquire that the elector refused, without
-// waiting, because the lock is held. It wraps core.ErrLocked.
-type LockedError struct {
-	Name   string // the lock
-	Holder string // its holder as the elector named it; empty if it did not
-}
-
-// Error says who holds the lock, when known.
-func (e *LockedError) Error() string {
-	if e.Holder != "" {
-		return fmt.Sprintf("%v: %q holds %q", core.ErrLocked, e.Holder, e.Name)
-	}
-	return fmt.Sprintf("%v: %q", core.ErrLocked, e.Name)
-}
-
-// Unwrap returns core.ErrLocked.
-func (e *LockedError) Unwrap() error { return core.ErrLocked }
-
 // New returns a client for the elector at addr: "http://127.0.0.1:13131",
 // or "127.0.0.1:13131" meaning the same. It only parses addr; nothing is
 // sent until a method is called.
@@ -191,7 +173,7 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 func (c *Client) codeError(eb ErrorBody, status, name string) error {
 	switch eb.Code {
 	case CodeLocked:
-		return &LockedError{Name: name, Holder: eb.Holder}
+		return lockedError(name, eb.Holder)
 	case CodeInvalidName:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
 	case CodeLost:
@@ -456,4 +438,14 @@ func (c *Client) watchEnded(ctx context.Context, err error) error {
 		return c.closedError()
 	}
 	return err
+}
+
+// lockedError is the refusal of an acquire of name, held by holder (empty
+// if the elector did not say).
+func lockedError(name, holder string) *core.LockedError {
+	detail := fmt.Sprintf("%q", name)
+	if holder != "" {
+		detail = fmt.Sprintf("%q holds %q", holder, name)
+	}
+	return &core.LockedError{Name: name, Holder: holder, Detail: detail}
 }
