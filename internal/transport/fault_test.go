@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // child is the client process of the fault tests: it takes the lock
@@ -208,7 +209,7 @@ func TestTermElector(t *testing.T) {
 	if err := l.Err(); !errors.Is(err, core.ErrLockLost) || !errors.Is(err, core.ErrUnavailable) {
 		t.Errorf("Err %v, want ErrLockLost and ErrUnavailable", err)
 	}
-	if err := l.Err(); errors.Is(err, errStreamBroke) || !strings.Contains(err.Error(), "("+ReasonShutdown+")") {
+	if err := l.Err(); errors.Is(err, errStreamBroke) || !strings.Contains(err.Error(), "("+wire.ReasonShutdown+")") {
 		t.Errorf("Err %v, want a lost line that tells of the shutdown", err)
 	}
 	if err := <-waiterErr; !errors.Is(err, core.ErrUnavailable) {

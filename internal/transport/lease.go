@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // Lease is one acquisition of a lock through the elector, carried by the
@@ -68,10 +69,10 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 			break
 		}
 		quiet.heard(ev)
-		if ev.Type == EventReleased {
+		if ev.Type == wire.EventReleased {
 			break
 		}
-		if ev.Type == EventLost {
+		if ev.Type == wire.EventLost {
 			lost = true
 			err = lostError(ev)
 			break
@@ -95,13 +96,13 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 var errStreamBroke = errors.New("stream broke")
 
 // lostError is the error of a lost event.
-func lostError(ev Event) error {
+func lostError(ev wire.Event) error {
 	switch ev.Reason {
-	case ReasonRevoked:
+	case wire.ReasonRevoked:
 		return fmt.Errorf("%w: %w", core.ErrLockLost, core.ErrRevoked)
-	case ReasonExpired:
+	case wire.ReasonExpired:
 		return fmt.Errorf("%w: %w", core.ErrLockLost, core.ErrExpired)
-	case ReasonShutdown, ReasonBackend:
+	case wire.ReasonShutdown, wire.ReasonBackend:
 		return fmt.Errorf("%w: %w (%s): %s", core.ErrLockLost, core.ErrUnavailable, ev.Reason, ev.Error)
 	}
 	return fmt.Errorf("%w: %s", core.ErrLockLost, ev.Error)
@@ -128,8 +129,8 @@ func (l *Lease) Renew(ctx context.Context) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("%w: lease on %q has ended: %w", core.ErrLockLost, l.name, cause)
 	}
-	var out RenewResponse
-	if err := l.c.post(ctx, l.c.lockURL(l.name, "renew"), l.name, SessionRequest{Session: l.session}, &out); err != nil {
+	var out wire.RenewResponse
+	if err := l.c.post(ctx, l.c.lockURL(l.name, "renew"), l.name, wire.SessionRequest{Session: l.session}, &out); err != nil {
 		return 0, err
 	}
 	return time.Duration(out.ValidityMs) * time.Millisecond, nil
@@ -150,7 +151,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	if again || l.ended() {
 		return nil
 	}
-	err := l.c.post(ctx, l.c.lockURL(l.name, "release"), l.name, SessionRequest{Session: l.session}, nil)
+	err := l.c.post(ctx, l.c.lockURL(l.name, "release"), l.name, wire.SessionRequest{Session: l.session}, nil)
 	if errors.Is(err, errUnknownSession) {
 		err = nil // the lease ended at the elector before the request came: released all the same
 	}

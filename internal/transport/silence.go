@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // Silence is how long a stream may go without a line, once the elector has
@@ -15,7 +17,7 @@ import (
 // core.ErrUnavailable, as when the stream breaks; a waiting acquire fails
 // with core.ErrUnavailable. The leadership context's local deadline holds
 // in any case; this only makes the end come sooner.
-const Silence = 4 * HeartbeatInterval
+const Silence = 4 * wire.HeartbeatInterval
 
 // silence ends a stream that has gone quiet for Silence. It is armed by the
 // first waiting or heartbeat line, so that an elector from before
@@ -41,8 +43,8 @@ func newSilence(cancel context.CancelFunc, counts *atomic.Int64) *silence {
 }
 
 // heard records that the stream sent ev: the silence starts again.
-func (q *silence) heard(ev Event) {
-	if !q.armed && (ev.Type == EventWaiting || ev.Type == EventHeartbeat) {
+func (q *silence) heard(ev wire.Event) {
+	if !q.armed && (ev.Type == wire.EventWaiting || ev.Type == wire.EventHeartbeat) {
 		q.armed = true
 		q.counts.Add(1)
 	}
@@ -64,7 +66,7 @@ func (q *silence) stop() {
 // ended the stream, an error saying so.
 func (q *silence) explain(err error) error {
 	if q.fired.Load() {
-		return fmt.Errorf("no line for %v (the elector sends a heartbeat every %v): the elector is taken for gone: %w", Silence, HeartbeatInterval, err)
+		return fmt.Errorf("no line for %v (the elector sends a heartbeat every %v): the elector is taken for gone: %w", Silence, wire.HeartbeatInterval, err)
 	}
 	return err
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // maxLine is the longest NDJSON line a stream may send.
@@ -160,7 +161,7 @@ func (c *Client) unreachable(err error) error {
 // value its code stands for.
 func (c *Client) answerError(resp *http.Response, name string) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxLine))
-	var eb ErrorBody
+	var eb wire.ErrorBody
 	if err := json.Unmarshal(b, &eb); err != nil || eb.Code == "" {
 		return fmt.Errorf("transport: the elector at %s answered %s with no mpsync error body (is something else listening there?)", c.base, resp.Status)
 	}
@@ -170,17 +171,17 @@ func (c *Client) answerError(resp *http.Response, name string) error {
 // codeError is the error of an error body, or of a stream's error line
 // (status then names the line): it wraps the core value its code stands
 // for.
-func (c *Client) codeError(eb ErrorBody, status, name string) error {
+func (c *Client) codeError(eb wire.ErrorBody, status, name string) error {
 	switch eb.Code {
-	case CodeLocked:
+	case wire.CodeLocked:
 		return lockedError(name, eb.Holder)
-	case CodeInvalidName:
+	case wire.CodeInvalidName:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrInvalidName, eb.Error)
-	case CodeLost:
+	case wire.CodeLost:
 		return fmt.Errorf("%w: the elector says: %s", core.ErrLockLost, eb.Error)
-	case CodeUnknownSession:
+	case wire.CodeUnknownSession:
 		return fmt.Errorf("%w: %w: the elector says: %s", core.ErrLockLost, errUnknownSession, eb.Error)
-	case CodeUnavailable:
+	case wire.CodeUnavailable:
 		return fmt.Errorf("%w: the elector at %s says: %s", core.ErrUnavailable, c.base, eb.Error)
 	}
 	return fmt.Errorf("transport: the elector at %s answered %s (%s): %s", c.base, status, eb.Code, eb.Error)
@@ -248,25 +249,25 @@ func (c *Client) post(ctx context.Context, u, name string, body, out any) error 
 }
 
 // readEvent reads one NDJSON line. Blank lines are skipped.
-func readEvent(br *bufio.Reader) (Event, error) {
+func readEvent(br *bufio.Reader) (wire.Event, error) {
 	for {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return Event{}, fmt.Errorf("stream line longer than %d bytes", maxLine)
+			return wire.Event{}, fmt.Errorf("stream line longer than %d bytes", maxLine)
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
 			if err != nil {
-				return Event{}, err
+				return wire.Event{}, err
 			}
 			continue
 		}
 		if err != nil {
 			// A last line without its newline: the stream was cut.
-			return Event{}, io.ErrUnexpectedEOF
+			return wire.Event{}, io.ErrUnexpectedEOF
 		}
-		var ev Event
+		var ev wire.Event
 		if err := json.Unmarshal(line, &ev); err != nil {
-			return Event{}, fmt.Errorf("malformed stream line: %w", err)
+			return wire.Event{}, fmt.Errorf("malformed stream line: %w", err)
 		}
 		return ev, nil
 	}
@@ -293,7 +294,7 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 	streamCtx, cancel := context.WithCancel(c.closed)
 	stopWatching := context.AfterFunc(ctx, cancel)
 
-	resp, err := c.do(streamCtx, http.MethodPost, c.lockURL(name, "acquire"), name, AcquireRequest{Identity: identity, Wait: wait})
+	resp, err := c.do(streamCtx, http.MethodPost, c.lockURL(name, "acquire"), name, wire.AcquireRequest{Identity: identity, Wait: wait})
 	if err != nil {
 		stopWatching()
 		cancel()
@@ -340,18 +341,18 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 // grantLine reads an acquire stream up to its acquired line, skipping
 // waiting and heartbeat lines. An error line before it fails as its code
 // would as a status (core.ErrUnavailable, ...).
-func (c *Client) grantLine(br *bufio.Reader, quiet *silence, name string) (Event, error) {
+func (c *Client) grantLine(br *bufio.Reader, quiet *silence, name string) (wire.Event, error) {
 	for {
 		ev, err := readEvent(br)
 		if err != nil {
-			return Event{}, fmt.Errorf("%w: acquire stream from the elector at %s: %w", core.ErrUnavailable, c.base, quiet.explain(err))
+			return wire.Event{}, fmt.Errorf("%w: acquire stream from the elector at %s: %w", core.ErrUnavailable, c.base, quiet.explain(err))
 		}
 		quiet.heard(ev)
 		switch ev.Type {
-		case EventAcquired:
+		case wire.EventAcquired:
 			return ev, nil
-		case EventError:
-			return Event{}, c.codeError(ErrorBody{Error: ev.Error, Code: ev.Code, Holder: ev.Holder}, "an error line", name)
+		case wire.EventError:
+			return wire.Event{}, c.codeError(wire.ErrorBody{Error: ev.Error, Code: ev.Code, Holder: ev.Holder}, "an error line", name)
 		}
 		// waiting, heartbeat, and types for later versions: read on.
 	}
@@ -416,13 +417,13 @@ func (c *Client) readHolders(br *bufio.Reader, quiet *silence, latest chan core.
 		}
 		quiet.heard(ev)
 		switch ev.Type {
-		case EventHolder:
+		case wire.EventHolder:
 			select {
 			case <-latest:
 			default:
 			}
 			latest <- core.Holder{Identity: ev.Holder, Token: ev.Token}
-		case EventError:
+		case wire.EventError:
 			return fmt.Errorf("%w: the elector at %s ended the watch: %s", core.ErrUnavailable, c.base, ev.Error)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 func TestNew(t *testing.T) {
@@ -115,8 +116,8 @@ func TestRenewAfterLossAtElector(t *testing.T) {
 	}
 	// A renew that crosses the loss gets 410 lost, or 404 unknown_session
 	// once the elector has forgotten the session: a loss either way.
-	var out RenewResponse
-	if err := c.post(bg(), c.lockURL("a", "renew"), "a", SessionRequest{Session: l.session}, &out); !errors.Is(err, core.ErrLockLost) {
+	var out wire.RenewResponse
+	if err := c.post(bg(), c.lockURL("a", "renew"), "a", wire.SessionRequest{Session: l.session}, &out); !errors.Is(err, core.ErrLockLost) {
 		t.Errorf("renew of a revoked session: %v, want ErrLockLost", err)
 	}
 	if _, err := l.Renew(bg()); !errors.Is(err, core.ErrLockLost) {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // keeper holds "kept" through v1 and "legacy-kept" through the legacy
@@ -21,7 +21,7 @@ import (
 type keeper struct {
 	e       *env
 	st      *testStream
-	ev      transport.Event
+	ev      wire.Event
 	legacyT uint64
 }
 
@@ -29,7 +29,7 @@ func newKeeper(e *env) *keeper {
 	e.t.Helper()
 	k := &keeper{e: e}
 	k.st, k.ev = e.acquired("kept", "keeper")
-	var ls transport.LockState
+	var ls wire.LockState
 	e.doJSON("PUT", "/locks/legacy-kept", "", 200, &ls)
 	k.legacyT = ls.Token
 	return k
@@ -39,10 +39,10 @@ func newKeeper(e *env) *keeper {
 // said anything.
 func (k *keeper) check(t *testing.T) {
 	t.Helper()
-	if got, want := k.e.state("kept"), (transport.LockState{Name: "kept", Holder: "keeper", Token: k.ev.Token}); got != want {
+	if got, want := k.e.state("kept"), (wire.LockState{Name: "kept", Holder: "keeper", Token: k.ev.Token}); got != want {
 		t.Errorf("kept: %+v, want %+v", got, want)
 	}
-	if got, want := k.e.state("legacy-kept"), (transport.LockState{Name: "legacy-kept", Holder: "elector-1", Token: k.legacyT}); got != want {
+	if got, want := k.e.state("legacy-kept"), (wire.LockState{Name: "legacy-kept", Holder: "elector-1", Token: k.legacyT}); got != want {
 		t.Errorf("legacy-kept: %+v, want %+v", got, want)
 	}
 	select {
@@ -56,7 +56,7 @@ func TestBadInput(t *testing.T) {
 	e := newEnv(t, Config{})
 	k := newKeeper(e)
 	long := strings.Repeat("a", core.MaxNameLength+1)
-	big := `{"identity":"` + strings.Repeat("x", transport.MaxBodyBytes) + `"}`
+	big := `{"identity":"` + strings.Repeat("x", wire.MaxBodyBytes) + `"}`
 	sess := k.ev.Session
 	tests := []struct {
 		name         string
@@ -108,7 +108,7 @@ func TestBadInput(t *testing.T) {
 		{name: "too large", method: "POST", path: "/v1/locks/a/acquire", body: big, status: 413, code: "too_large"},
 		{name: "too large chunked", method: "POST", path: "/v1/locks/a/acquire", body: big, header: map[string]string{"X-Chunked": "1"}, status: 413, code: "too_large"},
 		{name: "too large legacy", method: "PUT", path: "/locks/a", body: big, status: 413, code: "too_large"},
-		{name: "too large release", method: "POST", path: "/v1/locks/kept/release", body: `{"session":"` + sess + `","pad":"` + strings.Repeat("x", transport.MaxBodyBytes) + `"}`, status: 413, code: "too_large"},
+		{name: "too large release", method: "POST", path: "/v1/locks/kept/release", body: `{"session":"` + sess + `","pad":"` + strings.Repeat("x", wire.MaxBodyBytes) + `"}`, status: 413, code: "too_large"},
 		{name: "too large watch", method: "GET", path: "/v1/locks/kept/watch", body: big, status: 413, code: "too_large"},
 		{name: "empty body", method: "POST", path: "/v1/locks/a/acquire", status: 400, code: "bad_request"},
 		{name: "malformed", method: "POST", path: "/v1/locks/a/acquire", body: `{"identity":`, status: 400, code: "bad_request"},
@@ -166,7 +166,7 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("status %d, want %d; body %s", resp.StatusCode, tt.status, b)
 			}
 			if tt.code != "" {
-				var eb transport.ErrorBody
+				var eb wire.ErrorBody
 				if err := json.Unmarshal(b, &eb); err != nil || eb.Code != tt.code || eb.Error == "" {
 					t.Errorf("body %s, want a JSON error with code %q and a message", b, tt.code)
 				}
@@ -224,8 +224,8 @@ func TestSlowClients(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var eb transport.ErrorBody
-		if resp.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Code != transport.CodeBadRequest {
+		var eb wire.ErrorBody
+		if resp.StatusCode != http.StatusRequestTimeout || json.Unmarshal(b, &eb) != nil || eb.Code != wire.CodeBadRequest {
 			t.Errorf("got %s %s, want 408 with code bad_request", resp.Status, b)
 		}
 		k.check(t)
@@ -258,7 +258,7 @@ func TestSlowClients(t *testing.T) {
 		}
 		time.Sleep(3 * timeout) // the point of the test: let the timeouts pass
 		k.check(t)
-		var rr transport.RenewResponse
+		var rr wire.RenewResponse
 		e.doJSON("POST", "/v1/locks/kept/renew", `{"session":"`+k.ev.Session+`"}`, 200, &rr)
 		e.acquired("late", "web-1")
 		if ev := w.next(); ev.Holder != "web-1" {

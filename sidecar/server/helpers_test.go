@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -117,9 +117,9 @@ func (e *env) doJSON(method, path, body string, wantStatus int, out any) {
 	}
 }
 
-func (e *env) state(name string) transport.LockState {
+func (e *env) state(name string) wire.LockState {
 	e.t.Helper()
-	var st transport.LockState
+	var st wire.LockState
 	e.doJSON("GET", "/v1/locks/"+name, "", http.StatusOK, &st)
 	return st
 }
@@ -136,8 +136,8 @@ type head struct {
 type testStream struct {
 	t      *testing.T
 	cancel context.CancelFunc
-	head   chan head            // one value
-	events chan transport.Event // the lines but heartbeats; closed at the end of the stream
+	head   chan head       // one value
+	events chan wire.Event // the lines but heartbeats; closed at the end of the stream
 	done   chan struct{}
 	// heartbeats counts the heartbeat lines, which events leaves out.
 	heartbeats atomic.Int32
@@ -152,7 +152,7 @@ func (e *env) open(method, path, body string) *testStream {
 		t:      e.t,
 		cancel: cancel,
 		head:   make(chan head, 1),
-		events: make(chan transport.Event, 64),
+		events: make(chan wire.Event, 64),
 		done:   make(chan struct{}),
 	}
 	var rd io.Reader
@@ -184,11 +184,11 @@ func (e *env) open(method, path, body string) *testStream {
 		st.head <- head{status: resp.StatusCode}
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
-			var ev transport.Event
+			var ev wire.Event
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				ev = transport.Event{Type: "unparsable: " + sc.Text()}
+				ev = wire.Event{Type: "unparsable: " + sc.Text()}
 			}
-			if ev.Type == transport.EventHeartbeat {
+			if ev.Type == wire.EventHeartbeat {
 				st.heartbeats.Add(1)
 				continue
 			}
@@ -230,7 +230,7 @@ func (st *testStream) wantHead(status int) head {
 }
 
 // next waits for the next line.
-func (st *testStream) next() transport.Event {
+func (st *testStream) next() wire.Event {
 	st.t.Helper()
 	select {
 	case ev, ok := <-st.events:
@@ -241,16 +241,16 @@ func (st *testStream) next() transport.Event {
 	case <-time.After(waitFor):
 		st.t.Fatalf("no stream line within %v", waitFor)
 	}
-	return transport.Event{}
+	return wire.Event{}
 }
 
 // granted waits for the line that follows the answer of an acquire that
 // may have waited: the acquired line, after a waiting line if the grant did
 // not come at once.
-func (st *testStream) granted() transport.Event {
+func (st *testStream) granted() wire.Event {
 	st.t.Helper()
 	ev := st.next()
-	if ev.Type == transport.EventWaiting {
+	if ev.Type == wire.EventWaiting {
 		ev = st.next()
 	}
 	return ev
@@ -260,7 +260,7 @@ func (st *testStream) granted() transport.Event {
 func (st *testStream) wantWaiting() {
 	st.t.Helper()
 	st.wantHead(http.StatusOK)
-	if ev := st.next(); ev.Type != transport.EventWaiting {
+	if ev := st.next(); ev.Type != wire.EventWaiting {
 		st.t.Fatalf("first line %+v, want waiting", ev)
 	}
 }
@@ -279,12 +279,12 @@ func (st *testStream) wantEnd() {
 }
 
 // acquired opens an acquire stream that must be granted at once.
-func (e *env) acquired(name, identity string) (*testStream, transport.Event) {
+func (e *env) acquired(name, identity string) (*testStream, wire.Event) {
 	e.t.Helper()
 	st := e.open("POST", "/v1/locks/"+name+"/acquire", `{"identity":"`+identity+`"}`)
 	st.wantHead(http.StatusOK)
 	ev := st.next()
-	if ev.Type != transport.EventAcquired || ev.Session == "" || ev.Token == 0 || ev.ValidityMs <= 0 {
+	if ev.Type != wire.EventAcquired || ev.Session == "" || ev.Token == 0 || ev.ValidityMs <= 0 {
 		e.t.Fatalf("first line %+v, want an acquired event with session, token and validity", ev)
 	}
 	return st, ev

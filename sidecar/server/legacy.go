@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -40,10 +40,10 @@ func (s *Server) legacyGet(w http.ResponseWriter, r *http.Request, name string) 
 		return
 	}
 	if h.Identity == "" {
-		writeError(w, http.StatusNotFound, transport.CodeNotFound, fmt.Sprintf("lock %q is not held", name))
+		writeError(w, http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("lock %q is not held", name))
 		return
 	}
-	writeJSON(w, http.StatusOK, transport.LockState{Name: name, Holder: h.Identity, Token: h.Token})
+	writeJSON(w, http.StatusOK, wire.LockState{Name: name, Holder: h.Identity, Token: h.Token})
 }
 
 // legacyLockFor returns the legacy lock of name for a PUT, which must call
@@ -118,7 +118,7 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 	}
 
 	if !s.enter() {
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down")
 		return
 	}
 	g, err := s.b.Acquire(r.Context(), core.Request{Name: name, Identity: s.cfg.Identity, Lease: s.cfg.LegacyTTL, Legacy: true})
@@ -139,7 +139,7 @@ func (s *Server) legacyPut(w http.ResponseWriter, r *http.Request, name string) 
 }
 
 func (s *Server) writeLegacyHeld(w http.ResponseWriter, name string, g backend.Grant) {
-	writeJSON(w, http.StatusOK, transport.LockState{Name: name, Holder: s.cfg.Identity, Token: g.Token()})
+	writeJSON(w, http.StatusOK, wire.LockState{Name: name, Holder: s.cfg.Identity, Token: g.Token()})
 }
 
 // holdLegacy waits for the end of a legacy grant: a loss (not renewed within

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // mpClient does exactly what Metaparticle Sync's JavaScript client
@@ -59,13 +59,13 @@ func TestLegacyMetaparticleClient(t *testing.T) {
 	if get, put := js.step(); get != 404 || put != 200 || !js.held {
 		t.Fatalf("first lock(): GET %d PUT %d held %v; want 404, 200, held", get, put, js.held)
 	}
-	var st transport.LockState
+	var st wire.LockState
 	e.doJSON("GET", "/locks/a", "", 200, &st)
 	if st.Holder != "elector-1" || st.Token == 0 {
 		t.Errorf("GET while held: %+v, want holder elector-1 with a token", st)
 	}
 	// The legacy holder and a v1 client exclude each other.
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-1"}`, http.StatusConflict, &eb)
 	if eb.Holder != "elector-1" {
 		t.Errorf("v1 acquire of a legacy-held lock: %+v, want 409 naming elector-1", eb)
@@ -76,7 +76,7 @@ func TestLegacyMetaparticleClient(t *testing.T) {
 			t.Fatalf("renewal %d: GET %d PUT %d; want 200, 200", i, get, put)
 		}
 	}
-	var again transport.LockState
+	var again wire.LockState
 	e.doJSON("GET", "/locks/a", "", 200, &again)
 	if again.Token != st.Token {
 		t.Errorf("token changed from %d to %d across renewals", st.Token, again.Token)
@@ -90,7 +90,7 @@ func TestLegacyMetaparticleClient(t *testing.T) {
 	waiter.wantHead(200)
 	ev := waiter.granted()
 	t.Logf("legacy lease (TTL %v) expired and passed to the v1 waiter after %v", ttl, time.Since(start))
-	if ev.Type != transport.EventAcquired || ev.Token <= st.Token {
+	if ev.Type != wire.EventAcquired || ev.Token <= st.Token {
 		t.Fatalf("waiter got %+v, want acquired with a token above %d", ev, st.Token)
 	}
 	// The JS client's next holdLock(): GET 200 (someone holds it), PUT 409:
@@ -178,7 +178,7 @@ func TestLegacyMapShrinks(t *testing.T) {
 	// The leases end a second after the last PUT; then the map is empty.
 	require.Eventually(t, func() bool { return e.s.legacyEntries() == 0 }, waitFor, 10*time.Millisecond, "legacy locks forgotten after their leases ended")
 	// A forgotten lock is taken again with a greater token.
-	var st transport.LockState
+	var st wire.LockState
 	e.doJSON("PUT", "/locks/legacy-0", "", 200, &st)
 	assert.Greater(t, st.Token, uint64(100), "token of legacy-0 taken again")
 }

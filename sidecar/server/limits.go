@@ -10,10 +10,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
-
-	"github.com/mpsync/mpsync/internal/transport"
 )
 
 // Descriptor budget behind the default Limits.
@@ -177,7 +176,7 @@ func (s *Server) admitStream(w http.ResponseWriter, r *http.Request, kind string
 	refuse := func(limit, msg string) (func(), bool) {
 		s.lm.refusals.WithLabelValues(limit).Inc()
 		w.Header().Set("Connection", "close")
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, msg)
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, msg)
 		return nil, false
 	}
 	if onReserve(r) {
@@ -307,7 +306,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 // refuseBody is the whole answer to a connection past the limit.
 var refuseBody = func() string {
 	body := `{"error":"connection limit reached: the elector serves its --max-connections connections and their reserve; retry later, or raise --max-connections and the descriptor limit (ulimit -n)","code":"` +
-		transport.CodeUnavailable + `"}` + "\n"
+		wire.CodeUnavailable + `"}` + "\n"
 	return fmt.Sprintf("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"+
 		"Connection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }()

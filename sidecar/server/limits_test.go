@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -92,9 +92,9 @@ func requireRefused(t *testing.T, resp *http.Response, body []byte, mention stri
 	t.Helper()
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "body %s", body)
 	assert.True(t, resp.Close, "the refusal must close its connection")
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	require.NoError(t, json.Unmarshal(body, &eb), "body %s", body)
-	assert.Equal(t, transport.CodeUnavailable, eb.Code)
+	assert.Equal(t, wire.CodeUnavailable, eb.Code)
 	assert.Contains(t, eb.Error, mention)
 }
 

@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -282,13 +282,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	closeReserve(w, r)
 	allow, name, ok := s.route(r.URL)
 	if !ok {
-		writeError(w, http.StatusNotFound, transport.CodeNotFound, fmt.Sprintf("no such endpoint: %s", r.URL.Path))
+		writeError(w, http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("no such endpoint: %s", r.URL.Path))
 		return
 	}
 	h, ok := allowed(allow, r.Method)
 	if !ok {
 		w.Header().Set("Allow", strings.Join(allow.methods(), ", "))
-		writeError(w, http.StatusMethodNotAllowed, transport.CodeMethodNotAllowed,
+		writeError(w, http.StatusMethodNotAllowed, wire.CodeMethodNotAllowed,
 			fmt.Sprintf("method %s not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow.methods(), ", ")))
 		return
 	}
@@ -377,13 +377,13 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request, _ string) {
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request, _ string) {
 	if s.stopCtx.Err() != nil {
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.b.Ready(ctx); err != nil {
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, fmt.Sprintf("backend not ready: %v", err))
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, fmt.Sprintf("backend not ready: %v", err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -440,13 +440,13 @@ func (s *Server) lost(g backend.Grant, log *zap.Logger) (reason string, err erro
 	}
 	switch {
 	case errors.Is(err, core.ErrRevoked):
-		reason = transport.ReasonRevoked
+		reason = wire.ReasonRevoked
 	case errors.Is(err, core.ErrExpired):
-		reason = transport.ReasonExpired
+		reason = wire.ReasonExpired
 	case s.stopCtx.Err() != nil:
-		reason = transport.ReasonShutdown
+		reason = wire.ReasonShutdown
 	default:
-		reason = transport.ReasonBackend
+		reason = wire.ReasonBackend
 	}
 	s.m.losses.WithLabelValues(reason).Inc()
 	log.Warn("lock lost", zap.String("reason", reason), zap.Error(err))

@@ -6,24 +6,23 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mpsync/mpsync/internal/transport"
 )
 
 func TestDecodeStrict(t *testing.T) {
 	tests := []struct {
 		name string
 		body string
-		want transport.AcquireRequest
+		want wire.AcquireRequest
 		err  string // part of the error message; "" for success
 	}{
-		{name: "plain", body: `{"identity":"a","wait":true}`, want: transport.AcquireRequest{Identity: "a", Wait: true}},
-		{name: "escaped key", body: `{"identit\u0079":"a"}`, want: transport.AcquireRequest{Identity: "a"}},
-		{name: "surrogate pair", body: `{"identity":"\ud83d\ude00"}`, want: transport.AcquireRequest{Identity: "\U0001F600"}},
-		{name: "literal U+FFFD", body: "{\"identity\":\"\uFFFD\"}", want: transport.AcquireRequest{Identity: "\uFFFD"}},
-		{name: "escaped backslash then u", body: `{"identity":"\\ud800"}`, want: transport.AcquireRequest{Identity: `\ud800`}},
+		{name: "plain", body: `{"identity":"a","wait":true}`, want: wire.AcquireRequest{Identity: "a", Wait: true}},
+		{name: "escaped key", body: `{"identit\u0079":"a"}`, want: wire.AcquireRequest{Identity: "a"}},
+		{name: "surrogate pair", body: `{"identity":"\ud83d\ude00"}`, want: wire.AcquireRequest{Identity: "\U0001F600"}},
+		{name: "literal U+FFFD", body: "{\"identity\":\"\uFFFD\"}", want: wire.AcquireRequest{Identity: "\uFFFD"}},
+		{name: "escaped backslash then u", body: `{"identity":"\\ud800"}`, want: wire.AcquireRequest{Identity: `\ud800`}},
 		{name: "upper-case key", body: `{"IDENTITY":"a"}`, err: `field "identity" is spelled "IDENTITY"`},
 		{name: "mixed-case key", body: `{"identity":"a","Wait":true}`, err: `field "wait" is spelled "Wait"`},
 		{name: "unknown key", body: `{"identity":"a","ttl":5}`, err: `unknown field "ttl"`},
@@ -39,7 +38,7 @@ func TestDecodeStrict(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var got transport.AcquireRequest
+			var got wire.AcquireRequest
 			err := decodeStrict([]byte(tt.body), &got)
 			if tt.err == "" {
 				require.NoError(t, err)
@@ -86,9 +85,9 @@ func TestStrictBodies(t *testing.T) {
 			t.Run(g.name+" "+ep.path, func(t *testing.T) {
 				status, _, b := e.do("POST", ep.path, ep.body)
 				assert.Equal(t, http.StatusBadRequest, status, "body %s", b)
-				var eb transport.ErrorBody
+				var eb wire.ErrorBody
 				require.NoError(t, json.Unmarshal(b, &eb), "body %s", b)
-				assert.Equal(t, transport.CodeBadRequest, eb.Code)
+				assert.Equal(t, wire.CodeBadRequest, eb.Code)
 				assert.True(t, strings.Contains(eb.Error, g.inAnswer), "message %q does not say %q", eb.Error, g.inAnswer)
 				assert.Equal(t, fresh, e.state("fresh"), "a refused acquire changed the free lock")
 				k.check(t)

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -24,7 +24,7 @@ func (s *Server) v1Get(w http.ResponseWriter, r *http.Request, name string) {
 		s.backendError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, transport.LockState{Name: name, Holder: h.Identity, Token: h.Token})
+	writeJSON(w, http.StatusOK, wire.LockState{Name: name, Holder: h.Identity, Token: h.Token})
 }
 
 // backendError answers a failed backend call, unless the client has gone.
@@ -41,13 +41,13 @@ func (s *Server) backendError(w http.ResponseWriter, r *http.Request, err error)
 func (s *Server) classify(err error) (status int, code, msg string) {
 	switch {
 	case errors.Is(err, core.ErrInvalidName):
-		return http.StatusBadRequest, transport.CodeInvalidName, err.Error()
+		return http.StatusBadRequest, wire.CodeInvalidName, err.Error()
 	case errors.Is(err, core.ErrLocked):
-		return http.StatusConflict, transport.CodeLocked, err.Error()
+		return http.StatusConflict, wire.CodeLocked, err.Error()
 	case s.stopCtx.Err() != nil || errors.Is(err, core.ErrClosed):
-		return http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down"
+		return http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down"
 	}
-	return http.StatusServiceUnavailable, transport.CodeUnavailable, fmt.Sprintf("backend: %v", err)
+	return http.StatusServiceUnavailable, wire.CodeUnavailable, fmt.Sprintf("backend: %v", err)
 }
 
 // waitingAfter is how long an acquire that waits may go without a grant
@@ -63,12 +63,12 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	if !checkName(w, name) {
 		return
 	}
-	var req transport.AcquireRequest
+	var req wire.AcquireRequest
 	if !decodeBody(w, r, &req) {
 		return
 	}
 	if err := core.ValidateIdentity(req.Identity); err != nil {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, fmt.Sprintf(`"identity": %v`, err))
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, fmt.Sprintf(`"identity": %v`, err))
 		return
 	}
 	done, ok := s.admitStream(w, r, limitAcquireStreams)
@@ -77,7 +77,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	defer done()
 	if !s.enter() {
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down")
 		return
 	}
 	defer s.leave()
@@ -119,7 +119,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 
 // await runs the backend's Acquire of req. While a waiting request has no
 // grant, it answers 200 and a waiting line after waitingAfter, then a
-// heartbeat every transport.HeartbeatInterval; a write that fails (the
+// heartbeat every wire.HeartbeatInterval; a write that fails (the
 // client has gone) cancels the wait. It returns what Acquire returned.
 func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *stream, req core.Request, log *zap.Logger) (backend.Grant, error) {
 	if !req.Wait {
@@ -138,7 +138,7 @@ func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *strea
 	}()
 	waiting := time.NewTimer(waitingAfter)
 	defer waiting.Stop()
-	tick := time.NewTicker(transport.HeartbeatInterval)
+	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		var err error
@@ -146,7 +146,7 @@ func (s *Server) await(ctx context.Context, cancel context.CancelFunc, st *strea
 		case res := <-done:
 			return res.g, res.err
 		case <-waiting.C:
-			err = st.send(transport.Event{Type: transport.EventWaiting}, streamWriteTimeout)
+			err = st.send(wire.Event{Type: wire.EventWaiting}, streamWriteTimeout)
 			log.Debug("waiting for the lock", zap.Error(err))
 		case <-tick.C:
 			if st.started {
@@ -170,16 +170,16 @@ func (s *Server) acquireFailed(w http.ResponseWriter, st *stream, err error) {
 		writeJSON(w, status, body)
 		return
 	}
-	_ = st.send(transport.Event{Type: transport.EventError, Code: body.Code, Error: body.Error, Holder: body.Holder}, finalWriteTimeout)
+	_ = st.send(wire.Event{Type: wire.EventError, Code: body.Code, Error: body.Error, Holder: body.Holder}, finalWriteTimeout)
 }
 
 // errorBody is the status and body that answer a failed backend call. For
 // a refusal (409) the body names the holder the backend saw when it
 // refused, from its *core.LockedError, without asking the backend again.
-func (s *Server) errorBody(err error) (int, transport.ErrorBody) {
+func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 	status, code, msg := s.classify(err)
-	body := transport.ErrorBody{Error: msg, Code: code}
-	if locked := (*core.LockedError)(nil); code == transport.CodeLocked && errors.As(err, &locked) {
+	body := wire.ErrorBody{Error: msg, Code: code}
+	if locked := (*core.LockedError)(nil); code == wire.CodeLocked && errors.As(err, &locked) {
 		body.Holder = locked.Holder
 	}
 	return status, body
@@ -198,8 +198,8 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	log = log.With(zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
 	log.Info("lock acquired", zap.Duration("validity", validity))
 
-	err := st.send(transport.Event{
-		Type:       transport.EventAcquired,
+	err := st.send(wire.Event{
+		Type:       wire.EventAcquired,
 		Session:    id,
 		Token:      g.Token(),
 		ValidityMs: validity.Milliseconds(),
@@ -209,7 +209,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 		s.releaseFor(g, log, "could not tell the client it holds the lock")
 		return
 	}
-	tick := time.NewTicker(transport.HeartbeatInterval)
+	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -230,11 +230,11 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 		case <-s.stopCtx.Done():
 			// Tell the holder first, then release: it stops acting on the
 			// lock before anyone else can take it.
-			s.m.losses.WithLabelValues(transport.ReasonShutdown).Inc()
-			_ = st.send(transport.Event{
-				Type:   transport.EventLost,
-				Code:   transport.CodeLost,
-				Reason: transport.ReasonShutdown,
+			s.m.losses.WithLabelValues(wire.ReasonShutdown).Inc()
+			_ = st.send(wire.Event{
+				Type:   wire.EventLost,
+				Code:   wire.CodeLost,
+				Reason: wire.ReasonShutdown,
 				Error:  "elector shutting down; lock released",
 			}, finalWriteTimeout)
 			s.releaseFor(g, log, "elector shutting down")
@@ -249,13 +249,13 @@ func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logg
 	gerr := g.Err()
 	if gerr == nil && sess.wasReleased() {
 		log.Info("lock released")
-		_ = st.send(transport.Event{Type: transport.EventReleased}, streamWriteTimeout)
+		_ = st.send(wire.Event{Type: wire.EventReleased}, streamWriteTimeout)
 		return
 	}
 	reason, gerr := s.lost(g, log)
-	_ = st.send(transport.Event{
-		Type:   transport.EventLost,
-		Code:   transport.CodeLost,
+	_ = st.send(wire.Event{
+		Type:   wire.EventLost,
+		Code:   wire.CodeLost,
 		Reason: reason,
 		Error:  gerr.Error(),
 	}, streamWriteTimeout)
@@ -264,13 +264,13 @@ func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logg
 // sessionRequest checks name and reads the body of a renew or release: a
 // SessionRequest naming a session. On bad input it answers the request and
 // returns false.
-func sessionRequest(w http.ResponseWriter, r *http.Request, name string) (transport.SessionRequest, bool) {
-	var req transport.SessionRequest
+func sessionRequest(w http.ResponseWriter, r *http.Request, name string) (wire.SessionRequest, bool) {
+	var req wire.SessionRequest
 	if !checkName(w, name) || !decodeBody(w, r, &req) {
 		return req, false
 	}
 	if req.Session == "" {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, `"session" is required`)
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, `"session" is required`)
 		return req, false
 	}
 	return req, true
@@ -292,7 +292,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
 	s.m.renewal.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if errors.Is(err, core.ErrLockLost) {
-			writeError(w, http.StatusGone, transport.CodeLost, err.Error())
+			writeError(w, http.StatusGone, wire.CodeLost, err.Error())
 			return
 		}
 		s.backendError(w, r, err)
@@ -300,7 +300,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	// v counts from when Renew was called, after the request arrived; the
 	// client counts it from when it sent the request, earlier still.
-	writeJSON(w, http.StatusOK, transport.RenewResponse{ValidityMs: v.Milliseconds()})
+	writeJSON(w, http.StatusOK, wire.RenewResponse{ValidityMs: v.Milliseconds()})
 }
 
 // release serves POST /v1/locks/{name}/release. A session that has ended,
@@ -330,7 +330,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
 // session of lock name. The message does not repeat the id: logs and
 // proxies that keep answers need not keep secrets.
 func unknownSession(w http.ResponseWriter, name string) {
-	writeError(w, http.StatusNotFound, transport.CodeUnknownSession,
+	writeError(w, http.StatusNotFound, wire.CodeUnknownSession,
 		fmt.Sprintf("no live session with that id on lock %q: it ended, never existed, or belongs to another lock", name))
 }
 
@@ -354,7 +354,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	defer done()
 	if !s.enter() {
-		writeError(w, http.StatusServiceUnavailable, transport.CodeUnavailable, "elector shutting down")
+		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down")
 		return
 	}
 	defer s.leave()
@@ -374,11 +374,11 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, name string) {
 		if st.failed() {
 			return
 		}
-		if st.send(transport.HolderEvent{Type: transport.EventHolder, Holder: h.Identity, Token: h.Token}, streamWriteTimeout) != nil {
+		if st.send(wire.HolderEvent{Type: wire.EventHolder, Holder: h.Identity, Token: h.Token}, streamWriteTimeout) != nil {
 			cancel()
 		}
 	}
-	tick := time.NewTicker(transport.HeartbeatInterval)
+	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -434,6 +434,6 @@ func (s *Server) watchEnded(w http.ResponseWriter, r *http.Request, st *stream, 
 		if s.stopCtx.Err() == nil {
 			msg = fmt.Sprintf("backend watch ended: %v", err)
 		}
-		_ = st.send(transport.Event{Type: transport.EventError, Code: transport.CodeUnavailable, Error: msg}, finalWriteTimeout)
+		_ = st.send(wire.Event{Type: wire.EventError, Code: wire.CodeUnavailable, Error: msg}, finalWriteTimeout)
 	}
 }

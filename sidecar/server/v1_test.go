@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
@@ -42,37 +42,37 @@ func TestHealthReadyMetrics(t *testing.T) {
 
 func TestAcquireRenewRelease(t *testing.T) {
 	e := newEnv(t, Config{})
-	if got, want := e.state("a"), (transport.LockState{Name: "a"}); got != want {
+	if got, want := e.state("a"), (wire.LockState{Name: "a"}); got != want {
 		t.Fatalf("state of a free lock: %+v, want %+v", got, want)
 	}
 	st, ev := e.acquired("a", "web-1")
 	if want := core.Validity(15 * time.Second).Milliseconds(); ev.ValidityMs != want {
 		t.Errorf("validityMs %d, want %d (core.Validity of the 15 s lease)", ev.ValidityMs, want)
 	}
-	if got, want := e.state("a"), (transport.LockState{Name: "a", Holder: "web-1", Token: ev.Token}); got != want {
+	if got, want := e.state("a"), (wire.LockState{Name: "a", Holder: "web-1", Token: ev.Token}); got != want {
 		t.Errorf("state while held: %+v, want %+v", got, want)
 	}
 
-	var rr transport.RenewResponse
+	var rr wire.RenewResponse
 	e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, 200, &rr)
 	if rr.ValidityMs != ev.ValidityMs {
 		t.Errorf("renew validityMs %d, want %d", rr.ValidityMs, ev.ValidityMs)
 	}
 
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
-	if got := st.next(); got.Type != transport.EventReleased {
+	if got := st.next(); got.Type != wire.EventReleased {
 		t.Errorf("after release: line %+v, want released", got)
 	}
 	st.wantEnd()
-	if got, want := e.state("a"), (transport.LockState{Name: "a", Token: ev.Token}); got != want {
+	if got, want := e.state("a"), (wire.LockState{Name: "a", Token: ev.Token}); got != want {
 		t.Errorf("state after release: %+v, want %+v", got, want)
 	}
 	// The ended session is unknown: renew and release of it are 404.
 	for _, op := range []string{"release", "renew"} {
-		var eb transport.ErrorBody
+		var eb wire.ErrorBody
 		e.doJSON("POST", "/v1/locks/a/"+op, `{"session":"`+ev.Session+`"}`, http.StatusNotFound, &eb)
-		if eb.Code != transport.CodeUnknownSession {
-			t.Errorf("%s after release: code %q, want %q", op, eb.Code, transport.CodeUnknownSession)
+		if eb.Code != wire.CodeUnknownSession {
+			t.Errorf("%s after release: code %q, want %q", op, eb.Code, wire.CodeUnknownSession)
 		}
 	}
 }
@@ -81,9 +81,9 @@ func TestAcquireLockedAndWait(t *testing.T) {
 	e := newEnv(t, Config{})
 	_, first := e.acquired("a", "web-1")
 
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-2"}`, http.StatusConflict, &eb)
-	if eb.Code != transport.CodeLocked || eb.Holder != "web-1" {
+	if eb.Code != wire.CodeLocked || eb.Holder != "web-1" {
 		t.Errorf("not-wait on a held lock: %+v, want code locked, holder web-1", eb)
 	}
 
@@ -95,7 +95,7 @@ func TestAcquireLockedAndWait(t *testing.T) {
 	require.Eventually(t, func() bool { return waiter.heartbeats.Load() > 0 }, waitFor, 10*time.Millisecond, "a heartbeat while waiting")
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
 	ev := waiter.next()
-	if ev.Type != transport.EventAcquired || ev.Token <= first.Token {
+	if ev.Type != wire.EventAcquired || ev.Token <= first.Token {
 		t.Fatalf("waiter got %+v, want acquired with a token above %d", ev, first.Token)
 	}
 	if min := core.Validity(15 * time.Second).Milliseconds(); ev.ValidityMs <= min {
@@ -149,7 +149,7 @@ func TestWaitedGrantIsNotRenewed(t *testing.T) {
 	waiter.wantWaiting()
 	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+first.Session+`"}`, 200, nil)
 	ev := waiter.next()
-	require.Equal(t, transport.EventAcquired, ev.Type, "waiter got %+v", ev)
+	require.Equal(t, wire.EventAcquired, ev.Type, "waiter got %+v", ev)
 	want := (core.Validity(15*time.Second) + core.LeastElapsed(wb.waited)).Milliseconds()
 	assert.Equal(t, want, ev.ValidityMs, "validityMs: the grant's Validity, Waited×(1-2ρ) included")
 	assert.Zero(t, wb.renews.Load(), "renewals of the grant on being granted")
@@ -185,13 +185,13 @@ func TestLoss(t *testing.T) {
 			name:   "revoked",
 			cfg:    Config{Debug: true},
 			cause:  func(e *env) { e.doJSON("POST", "/debug/revoke/a", "", 200, nil) },
-			reason: transport.ReasonRevoked,
+			reason: wire.ReasonRevoked,
 		},
 		{
 			name:   "expired",
 			lease:  core.MinLease,
 			cause:  func(*env) {}, // not renewed
-			reason: transport.ReasonExpired,
+			reason: wire.ReasonExpired,
 		},
 	}
 	for _, tt := range tests {
@@ -207,14 +207,14 @@ func TestLoss(t *testing.T) {
 			st, ev := e.acquired("a", "web-1")
 			tt.cause(e)
 			got := st.next()
-			if got.Type != transport.EventLost || got.Code != transport.CodeLost || got.Reason != tt.reason || got.Error == "" {
+			if got.Type != wire.EventLost || got.Code != wire.CodeLost || got.Reason != tt.reason || got.Error == "" {
 				t.Errorf("line %+v, want lost, code lost, reason %s, an error message", got, tt.reason)
 			}
 			st.wantEnd()
-			var eb transport.ErrorBody
+			var eb wire.ErrorBody
 			e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusNotFound, &eb)
-			if eb.Code != transport.CodeUnknownSession {
-				t.Errorf("renew after the loss: code %q, want %q", eb.Code, transport.CodeUnknownSession)
+			if eb.Code != wire.CodeUnknownSession {
+				t.Errorf("renew after the loss: code %q, want %q", eb.Code, wire.CodeUnknownSession)
 			}
 		})
 	}
@@ -227,7 +227,7 @@ func TestWatch(t *testing.T) {
 	want := func(holder string, token uint64) {
 		t.Helper()
 		ev := w.next()
-		if ev.Type != transport.EventHolder || ev.Holder != holder || ev.Token != token {
+		if ev.Type != wire.EventHolder || ev.Holder != holder || ev.Token != token {
 			t.Fatalf("watch line %+v, want holder %q token %d", ev, holder, token)
 		}
 	}
@@ -246,7 +246,7 @@ func TestWatch(t *testing.T) {
 // TestWatchHolderLineShape checks the exact bytes of a holder line: both
 // fields are always present, even when empty or zero.
 func TestWatchHolderLineShape(t *testing.T) {
-	b, err := json.Marshal(transport.HolderEvent{Type: transport.EventHolder})
+	b, err := json.Marshal(wire.HolderEvent{Type: wire.EventHolder})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,22 +304,22 @@ func TestShutdown(t *testing.T) {
 	t.Logf("Shutdown took %v", time.Since(start))
 
 	ev := holder.next()
-	if ev.Type != transport.EventLost || ev.Reason != transport.ReasonShutdown {
+	if ev.Type != wire.EventLost || ev.Reason != wire.ReasonShutdown {
 		t.Errorf("holder got %+v, want lost with reason shutdown", ev)
 	}
 	holder.wantEnd()
 	// The waiter was answered 200 and a waiting line; the shutdown is an
 	// error line with the code a 503 would have.
-	if ev := waiter.next(); ev.Type != transport.EventError || ev.Code != transport.CodeUnavailable {
+	if ev := waiter.next(); ev.Type != wire.EventError || ev.Code != wire.CodeUnavailable {
 		t.Errorf("waiter got %+v, want an error line with code unavailable", ev)
 	}
 	waiter.wantEnd()
 	for {
 		ev := watcher.next()
-		if ev.Type == transport.EventHolder {
+		if ev.Type == wire.EventHolder {
 			continue // the release may show before the end
 		}
-		if ev.Type != transport.EventError || ev.Code != transport.CodeUnavailable {
+		if ev.Type != wire.EventError || ev.Code != wire.CodeUnavailable {
 			t.Errorf("watcher's last line %+v, want an error event with code unavailable", ev)
 		}
 		break
@@ -394,14 +394,14 @@ func TestRefusalNamesHolderWithoutWatch(t *testing.T) {
 	e := newEnv(t, Config{Backend: wc})
 	e.acquired("a", "web-1")
 
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	e.doJSON("POST", "/v1/locks/a/acquire", `{"identity":"web-2"}`, http.StatusConflict, &eb)
-	assert.Equal(t, transport.CodeLocked, eb.Code, "v1 409 code")
+	assert.Equal(t, wire.CodeLocked, eb.Code, "v1 409 code")
 	assert.Equal(t, "web-1", eb.Holder, "v1 409 holder")
 
-	eb = transport.ErrorBody{}
+	eb = wire.ErrorBody{}
 	e.doJSON("PUT", "/locks/a", "", http.StatusConflict, &eb)
-	assert.Equal(t, transport.CodeLocked, eb.Code, "legacy 409 code")
+	assert.Equal(t, wire.CodeLocked, eb.Code, "legacy 409 code")
 	assert.Equal(t, "web-1", eb.Holder, "legacy 409 holder")
 
 	assert.Zero(t, wc.watches.Load(), "backend watches opened to answer the refusals")

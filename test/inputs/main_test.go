@@ -22,7 +22,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/electorproc"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // waitFor bounds every wait for something that should happen promptly. It
@@ -90,7 +90,7 @@ type answer struct {
 
 // code is the "code" of an error body, or "" if there is none.
 func (a answer) code() string {
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	if json.Unmarshal(a.body, &eb) != nil {
 		return ""
 	}

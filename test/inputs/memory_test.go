@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mpsync/mpsync/internal/electorproc"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // heap is what the elector's /metrics says of its heap.
@@ -63,14 +63,14 @@ func useName(ctx context.Context, hc *http.Client, base, name string) error {
 		return err
 	}
 	hold := func(r *bufio.Reader) error {
-		ev, err := nextOf(r, transport.EventAcquired)
+		ev, err := nextOf(r, wire.EventAcquired)
 		if err != nil {
 			return err
 		}
 		if err := expect(ctx, hc, "POST", base+"/v1/locks/"+name+"/release", `{"session":"`+ev.Session+`"}`, func(*bufio.Reader) error { return nil }); err != nil {
 			return err
 		}
-		_, err = nextOf(r, transport.EventReleased)
+		_, err = nextOf(r, wire.EventReleased)
 		return err
 	}
 	return expect(ctx, hc, "POST", base+"/v1/locks/"+name+"/acquire", `{"identity":"flood"}`, hold)
@@ -79,21 +79,21 @@ func useName(ctx context.Context, hc *http.Client, base, name string) error {
 // nextOf reads stream lines up to the first of type want, skipping the
 // lines of other types that readers must ignore (heartbeats, waiting), and
 // failing on a loss or an error line.
-func nextOf(r *bufio.Reader, want string) (transport.Event, error) {
+func nextOf(r *bufio.Reader, want string) (wire.Event, error) {
 	for {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
-			return transport.Event{}, fmt.Errorf("stream ended before a %s line: %w", want, err)
+			return wire.Event{}, fmt.Errorf("stream ended before a %s line: %w", want, err)
 		}
-		var ev transport.Event
+		var ev wire.Event
 		if err := json.Unmarshal(line, &ev); err != nil {
-			return transport.Event{}, fmt.Errorf("stream line %q: %w", line, err)
+			return wire.Event{}, fmt.Errorf("stream line %q: %w", line, err)
 		}
 		switch ev.Type {
 		case want:
 			return ev, nil
-		case transport.EventLost, transport.EventError:
-			return transport.Event{}, fmt.Errorf("stream line %q, want %s", line, want)
+		case wire.EventLost, wire.EventError:
+			return wire.Event{}, fmt.Errorf("stream line %q, want %s", line, want)
 		}
 	}
 }

@@ -11,15 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/mpsync/mpsync/internal/transport"
 )
 
 // openAcquire takes name for identity over a raw streamed request and
 // returns its acquired event and a func that closes the stream.
-func openAcquire(t *testing.T, base, name, identity string) (transport.Event, func()) {
+func openAcquire(t *testing.T, base, name, identity string) (wire.Event, func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/locks/"+name+"/acquire",
@@ -32,7 +31,7 @@ func openAcquire(t *testing.T, base, name, identity string) (transport.Event, fu
 	}
 	closeIt := func() { cancel(); resp.Body.Close() }
 	require.Equal(t, http.StatusOK, resp.StatusCode, "acquire %s", name)
-	ev, err := nextOf(bufio.NewReader(resp.Body), transport.EventAcquired)
+	ev, err := nextOf(bufio.NewReader(resp.Body), wire.EventAcquired)
 	require.NoError(t, err)
 	return ev, closeIt
 }
@@ -83,7 +82,7 @@ func TestSessionsCannotBeGuessed(t *testing.T) {
 				if !assert.Equal(t, http.StatusNotFound, a.status, "%s %q: %s", op, id, a.body) {
 					return
 				}
-				if !assert.Equal(t, transport.CodeUnknownSession, a.code(), "%s %q: %s", op, id, a.body) {
+				if !assert.Equal(t, wire.CodeUnknownSession, a.code(), "%s %q: %s", op, id, a.body) {
 					return
 				}
 			}
@@ -100,7 +99,7 @@ func TestSessionsCannotBeGuessed(t *testing.T) {
 			for _, op := range []string{"renew", "release"} {
 				a := send(t, hc, "POST", base+"/v1/locks/"+lock+"/"+op, `{"session":"`+bait.Session+`"}`)
 				assert.Equal(t, http.StatusNotFound, a.status, "%s on %s of a released session: %s", op, lock, a.body)
-				assert.Equal(t, transport.CodeUnknownSession, a.code(), "%s on %s: %s", op, lock, a.body)
+				assert.Equal(t, wire.CodeUnknownSession, a.code(), "%s on %s: %s", op, lock, a.body)
 			}
 		}
 	})

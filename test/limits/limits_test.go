@@ -22,7 +22,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/electorproc"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 const (
@@ -203,9 +203,9 @@ func checkRefusal(t *testing.T, resp *http.Response, body []byte) {
 	t.Helper()
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "body %s", body)
 	assert.True(t, resp.Close, "a refusal closes its connection")
-	var eb transport.ErrorBody
+	var eb wire.ErrorBody
 	if assert.NoError(t, json.Unmarshal(body, &eb), "body %s", body) {
-		assert.Equal(t, transport.CodeUnavailable, eb.Code)
+		assert.Equal(t, wire.CodeUnavailable, eb.Code)
 		assert.True(t, strings.Contains(eb.Error, "--max-streams") || strings.Contains(eb.Error, "--max-connections"), "message %q names no limit", eb.Error)
 	}
 }

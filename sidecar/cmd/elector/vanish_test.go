@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mpsync/mpsync"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // These tests speak to a real elector process over raw sockets, with
@@ -70,7 +70,7 @@ func (rs *rawStream) head() {
 }
 
 // line reads the next stream line that is not a heartbeat.
-func (rs *rawStream) line() transport.Event {
+func (rs *rawStream) line() wire.Event {
 	rs.t.Helper()
 	if rs.lines == nil {
 		rs.head()
@@ -79,9 +79,9 @@ func (rs *rawStream) line() transport.Event {
 	for {
 		b, err := rs.lines.ReadBytes('\n')
 		require.NoError(rs.t, err)
-		var ev transport.Event
+		var ev wire.Event
 		require.NoError(rs.t, json.Unmarshal(b, &ev), "line %q", b)
-		if ev.Type != transport.EventHeartbeat {
+		if ev.Type != wire.EventHeartbeat {
 			return ev
 		}
 	}
@@ -203,7 +203,7 @@ func (p *proc) holder(t *testing.T, name string) string {
 	resp, err := noKeepAlive.Get("http://" + p.addr + "/v1/locks/" + name)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var st transport.LockState
+	var st wire.LockState
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
 	return st.Holder
 }
@@ -266,7 +266,7 @@ func TestVanishedHolder(t *testing.T) {
 	disconnects := p.metric(t, `mpsync_elector_releases_total{cause="disconnect"}`)
 
 	raw := dialRaw(t, p.addr, "POST", "/v1/locks/v/acquire", `{"identity":"raw"}`)
-	require.Equal(t, transport.EventAcquired, raw.line().Type)
+	require.Equal(t, wire.EventAcquired, raw.line().Type)
 	waiter := sdkLock(t, p.addr, "v", "waiter")
 	got := lockAsync(waiter)
 	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 }, waitFor, 10*time.Millisecond, "the SDK waiter queued")
@@ -290,7 +290,7 @@ func TestVanishedWaiter(t *testing.T) {
 	_, err := holder.Lock(context.Background())
 	require.NoError(t, err)
 	raw := dialRaw(t, p.addr, "POST", "/v1/locks/w/acquire", `{"identity":"raw","wait":true}`)
-	require.Equal(t, transport.EventWaiting, raw.line().Type)
+	require.Equal(t, wire.EventWaiting, raw.line().Type)
 	require.Eventually(t, func() bool { return p.metric(t, "mpsync_elector_waiters") == 1 }, waitFor, 10*time.Millisecond, "the raw waiter queued")
 	waiter := sdkLock(t, p.addr, "w", "waiter")
 	got := lockAsync(waiter)
@@ -320,7 +320,7 @@ func TestVanishedWatches(t *testing.T) {
 
 	for i := range watches {
 		raw := dialRaw(t, p.addr, "GET", fmt.Sprintf("/v1/locks/watched-%d/watch", i%10), "")
-		require.Equal(t, transport.EventHolder, raw.line().Type)
+		require.Equal(t, wire.EventHolder, raw.line().Type)
 		raw.vanish()
 	}
 	t.Logf("after %d abandoned watches: %d descriptors (%d before), %v goroutines (%v before), %v watchers",
@@ -349,7 +349,7 @@ func TestUnreadStreams(t *testing.T) {
 	// The point of the test: let heartbeats pile up unread for several
 	// intervals while the healthy client works on. A client that does not
 	// read but keeps its socket is alive: it keeps its lock.
-	time.Sleep(3 * transport.HeartbeatInterval)
+	time.Sleep(3 * wire.HeartbeatInterval)
 	h.waitCycles(t, 10)
 	assert.Equal(t, "unread", p.holder(t, "u"))
 	assert.Equal(t, watchers+1, p.metric(t, "mpsync_elector_watchers"))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 	"github.com/mpsync/mpsync/test/faults/history"
 )
 
@@ -107,37 +108,37 @@ func (c *client) abandonOnce(ctx context.Context, name string, holdMax time.Dura
 // skipping waiting and heartbeat lines, with the read deadline of
 // transport.Silence on each line. With leaveWaiting, it walks away at the
 // first waiting line, after sending bytes past the request.
-func rawGrant(conn net.Conn, leaveWaiting bool) (transport.Event, error) {
+func rawGrant(conn net.Conn, leaveWaiting bool) (wire.Event, error) {
 	_ = conn.SetReadDeadline(time.Now().Add(transport.Silence))
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
-		return transport.Event{}, err
+		return wire.Event{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return transport.Event{}, fmt.Errorf("acquire answered %s", resp.Status)
+		return wire.Event{}, fmt.Errorf("acquire answered %s", resp.Status)
 	}
 	lines := bufio.NewReader(resp.Body)
 	for {
 		_ = conn.SetReadDeadline(time.Now().Add(transport.Silence))
 		b, err := lines.ReadBytes('\n')
 		if err != nil {
-			return transport.Event{}, err
+			return wire.Event{}, err
 		}
-		var ev transport.Event
+		var ev wire.Event
 		if err := json.Unmarshal(b, &ev); err != nil {
-			return transport.Event{}, fmt.Errorf("stream line %q: %w", b, err)
+			return wire.Event{}, fmt.Errorf("stream line %q: %w", b, err)
 		}
 		switch ev.Type {
-		case transport.EventAcquired:
+		case wire.EventAcquired:
 			return ev, nil
-		case transport.EventWaiting:
+		case wire.EventWaiting:
 			if leaveWaiting {
 				_, _ = io.WriteString(conn, "\r\n")
-				return transport.Event{}, errWalkedAway
+				return wire.Event{}, errWalkedAway
 			}
-		case transport.EventError:
-			return transport.Event{}, fmt.Errorf("acquire stream: %s: %s", ev.Code, ev.Error)
+		case wire.EventError:
+			return wire.Event{}, fmt.Errorf("acquire stream: %s: %s", ev.Code, ev.Error)
 		}
 	}
 }

@@ -1,12 +1,14 @@
-package transport
+// Package wire is the elector's v1 protocol on the wire (PROTOCOL.md): its
+// JSON shapes, error codes, event types and limits. The client
+// (internal/transport) and the elector (sidecar/server) both use it, so
+// the two sides cannot drift apart.
+package wire
 
-import "github.com/mpsync/mpsync/internal/core"
+import (
+	"time"
 
-// The JSON shapes of the elector's v1 protocol (PROTOCOL.md). The client in
-// this package and the elector (sidecar/server) both use them, so the two
-// sides cannot drift apart.
-
-import "time"
+	"github.com/mpsync/mpsync/internal/core"
+)
 
 // HeartbeatInterval is how often the elector writes a heartbeat line on a
 // stream that has nothing else to say: a waiting acquire, a held acquire, a

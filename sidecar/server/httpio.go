@@ -16,7 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/internal/transport"
+	"github.com/mpsync/mpsync/internal/wire"
 )
 
 // writeJSON answers status with v as the JSON body.
@@ -36,40 +36,40 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeError answers status with an ErrorBody.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, transport.ErrorBody{Error: msg, Code: code})
+	writeJSON(w, status, wire.ErrorBody{Error: msg, Code: code})
 }
 
 // checkName answers 400 invalid_name and reports false if name cannot name
 // a lock.
 func checkName(w http.ResponseWriter, name string) bool {
 	if err := core.ValidateName(name); err != nil {
-		writeError(w, http.StatusBadRequest, transport.CodeInvalidName, err.Error())
+		writeError(w, http.StatusBadRequest, wire.CodeInvalidName, err.Error())
 		return false
 	}
 	return true
 }
 
-// readBody reads the whole request body, at most transport.MaxBodyBytes,
+// readBody reads the whole request body, at most wire.MaxBodyBytes,
 // answering 413, 408 or 400 and reporting false if it cannot. Reading to the
 // end matters: only then does net/http watch the connection, so that the
 // request's context ends when the client goes away.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	if r.ContentLength > transport.MaxBodyBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, transport.CodeTooLarge,
-			fmt.Sprintf("request body of %d bytes is over the limit of %d", r.ContentLength, transport.MaxBodyBytes))
+	if r.ContentLength > wire.MaxBodyBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge,
+			fmt.Sprintf("request body of %d bytes is over the limit of %d", r.ContentLength, wire.MaxBodyBytes))
 		return nil, false
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, transport.MaxBodyBytes))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, wire.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		switch {
 		case errors.As(err, &tooLarge):
-			writeError(w, http.StatusRequestEntityTooLarge, transport.CodeTooLarge,
-				fmt.Sprintf("request body is over the limit of %d bytes", transport.MaxBodyBytes))
+			writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge,
+				fmt.Sprintf("request body is over the limit of %d bytes", wire.MaxBodyBytes))
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			writeError(w, http.StatusRequestTimeout, transport.CodeBadRequest, "request body not received in time")
+			writeError(w, http.StatusRequestTimeout, wire.CodeBadRequest, "request body not received in time")
 		default:
-			writeError(w, http.StatusBadRequest, transport.CodeBadRequest, fmt.Sprintf("reading request body: %v", err))
+			writeError(w, http.StatusBadRequest, wire.CodeBadRequest, fmt.Sprintf("reading request body: %v", err))
 		}
 		return nil, false
 	}
@@ -85,7 +85,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	if err := decodeStrict(b, v); err != nil {
-		writeError(w, http.StatusBadRequest, transport.CodeBadRequest, err.Error())
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, err.Error())
 		return false
 	}
 	return true
@@ -268,7 +268,7 @@ func (st *stream) send(v any, timeout time.Duration) error {
 // sent a byte past its request, so on a quiet stream a failing write is
 // the only sign that the client has gone.
 func (st *stream) heartbeat() error {
-	return st.send(transport.Event{Type: transport.EventHeartbeat}, streamWriteTimeout)
+	return st.send(wire.Event{Type: wire.EventHeartbeat}, streamWriteTimeout)
 }
 
 // failed reports whether a write to the stream has failed.
