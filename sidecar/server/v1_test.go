@@ -11,9 +11,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 func TestHealthReadyMetrics(t *testing.T) {
