@@ -141,13 +141,24 @@ func TestReadmeGoBlocksCompile(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	mod := fmt.Sprintf("module readmecheck\n\n%s\n\nrequire github.com/mpsync/mpsync v0.0.0\n\nreplace github.com/mpsync/mpsync => %s\n", goLine, root)
+	// The blocks may import the SDK and the in-process transport's module,
+	// kube/, as a user would.
+	mod := fmt.Sprintf("module readmecheck\n\n%s\n\n"+
+		"require (\n\tgithub.com/mpsync/mpsync v0.0.0\n\tgithub.com/mpsync/mpsync/kube v0.0.0\n)\n\n"+
+		"replace github.com/mpsync/mpsync => %s\n\nreplace github.com/mpsync/mpsync/kube => %s\n",
+		goLine, root, filepath.Join(root, "kube"))
 	writeReadmeFile(t, filepath.Join(dir, "go.mod"), mod)
-	// The repository's checksums, so that nothing needs the checksum
+	// The two modules' checksums, so that nothing needs the checksum
 	// database; -mod=mod adds what is missing from the module cache.
-	if sum, err := os.ReadFile("go.sum"); err == nil {
-		writeReadmeFile(t, filepath.Join(dir, "go.sum"), string(sum))
+	var sums []byte
+	for _, f := range []string{"go.sum", filepath.Join("kube", "go.sum")} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums = append(sums, b...)
 	}
+	writeReadmeFile(t, filepath.Join(dir, "go.sum"), string(sums))
 
 	n := 0
 	for _, b := range readmeBlocks(t) {

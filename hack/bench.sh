@@ -40,7 +40,7 @@ FLAGS=(${BENCH_FLAGS:-})
 [[ -z ${BENCH_FLAGS:-} ]] || COMMAND="BENCH_FLAGS='$BENCH_FLAGS' $COMMAND"
 
 step "build the benchmark programs into bin/bench/"
-$GO build -o bin/bench/ ./bench/cmd/bench ./bench/cmd/clientgo-candidate ./bench/cmd/mpsync-candidate ./bench/cmd/mpsync-locker
+(cd bench && GOWORK=off $GO build -o ../bin/bench/ ./cmd/bench ./cmd/clientgo-candidate ./cmd/mpsync-candidate ./cmd/mpsync-locker)
 
 step "control plane: build (cached after the first run)"
 hack/controlplane/build.sh >/dev/null

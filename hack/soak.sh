@@ -44,7 +44,7 @@ export MPSYNC_SOAK_SUMMARY=$summary
 
 printf 'soak: %s of faults, started %s\n' "$duration" "$(date -u +%FT%TZ)" >&2
 status=0
-$GO test -count=1 -run '^TestFaults$' -timeout "$timeout" -v ./test/faults/ >&2 || status=$?
+(cd test && GOWORK=off $GO test -count=1 -run '^TestFaults$' -timeout "$timeout" -v ./faults/) >&2 || status=$?
 printf '\n== soak summary (hack/soak.sh %s, finished %s)\n' "$duration" "$(date -u +%FT%TZ)"
 if [[ -s $summary ]]; then
   cat "$summary"

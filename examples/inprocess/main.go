@@ -34,7 +34,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mpsync/mpsync"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 func main() {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -42,10 +41,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	electorBin = filepath.Join(dir, "elector")
-	build := exec.Command("go", "build", "-o", electorBin, "github.com/mpsync/mpsync/sidecar/cmd/elector")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the elector: %v\n%s", err, out)
+	if err := electorproc.BuildElector(electorBin); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 // FuzzHandler sends arbitrary requests to the handler and checks that none

@@ -14,8 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/wire"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 func TestMain(m *testing.M) {

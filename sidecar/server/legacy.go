@@ -8,9 +8,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/wire"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 // Metaparticle Sync's protocol (docs/DESIGN.md, "The wire protocols"), as its

@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/wire"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 // limitEnv is a Server with small Limits served the way the elector serves

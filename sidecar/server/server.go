@@ -19,9 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/wire"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 // Defaults of Config's zero values.

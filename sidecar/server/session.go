@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"sync"
 
-	"github.com/mpsync/mpsync/sidecar/backend"
+	"github.com/mpsync/mpsync/internal/backend"
 )
 
 // sessionIDBytes is the size of a session id before hex encoding: 128 bits

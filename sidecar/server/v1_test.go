@@ -12,9 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/wire"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 func TestHealthReadyMetrics(t *testing.T) {

@@ -24,7 +24,6 @@ package faults
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -33,6 +32,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/mpsync/mpsync/internal/controlplane"
+	"github.com/mpsync/mpsync/internal/electorproc"
 )
 
 // waitFor bounds waits for things that should happen promptly (a process
@@ -92,23 +92,13 @@ func setup() error {
 		return err
 	}
 	clientBin = filepath.Join(buildDir, "client")
-	if err := goBuild(clientBin, "./test/faults/client"); err != nil {
+	if err := electorproc.Build(clientBin, "test", "github.com/mpsync/mpsync/test/faults/client"); err != nil {
 		return err
 	}
 	electorBin = os.Getenv("MPSYNC_ELECTOR_BIN")
 	if electorBin == "" {
 		electorBin = filepath.Join(buildDir, "elector")
-		return goBuild(electorBin, "./sidecar/cmd/elector")
-	}
-	return nil
-}
-
-func goBuild(out, pkg string) error {
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building %s: %v\n%s", pkg, err, b)
+		return electorproc.BuildElector(electorBin)
 	}
 	return nil
 }

@@ -12,7 +12,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -57,15 +56,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildElector builds ./sidecar/cmd/elector into bin.
-func buildElector(bin string) error {
-	build := exec.Command("go", "build", "-o", bin, "github.com/mpsync/mpsync/sidecar/cmd/elector")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the elector: %w\n%s", err, out)
-	}
-	return nil
-}
+// buildElector builds the elector into bin.
+func buildElector(bin string) error { return electorproc.BuildElector(bin) }
 
 // startElector starts an elector on the memory backend, killed at the end
 // of the test.

@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // applyFile creates, as the admin, every object of the YAML file at path in

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/mpsync/mpsync"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // candidateEnv, when set, makes the test binary run as a client-go

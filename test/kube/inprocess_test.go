@@ -26,7 +26,8 @@ import (
 	"github.com/mpsync/mpsync/drivertest"
 	"github.com/mpsync/mpsync/internal/controlplane"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/internal/electorproc"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // These tests run the in-process transport, kube.NewTransport, as the
@@ -82,16 +83,10 @@ func TestInProcessConformance(t *testing.T) {
 }
 
 // holderBin builds test/kube/cmd/inprocholder for the test.
-func holderBin(t *testing.T) string { return buildBin(t, "./test/kube/cmd/inprocholder") }
-
-// buildBin builds the command at pkg for the test.
-func buildBin(t *testing.T, pkg string) string {
+func holderBin(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", bin, pkg)
-	cmd.Dir = repoRoot
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "building %s: %s", pkg, out)
+	bin := filepath.Join(t.TempDir(), "inprocholder")
+	require.NoError(t, electorproc.Build(bin, "test", "github.com/mpsync/mpsync/test/kube/cmd/inprocholder"))
 	return bin
 }
 
@@ -536,7 +531,8 @@ func TestInProcessExample(t *testing.T) {
 		}
 	}
 
-	bin := buildBin(t, "./examples/inprocess")
+	bin := filepath.Join(t.TempDir(), "inprocess")
+	require.NoError(t, electorproc.Build(bin, "examples/inprocess", "github.com/mpsync/mpsync/examples/inprocess"))
 	args := []string{"-kubeconfig", cp.electorKubeconfig, "-namespace", ns}
 	leads := func(l string) bool { return strings.Contains(l, "I am the leader") }
 	a := startProc(t, bin, "replica-a", args...)

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,7 +35,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/mpsync/mpsync/internal/controlplane"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/internal/electorproc"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // waitFor bounds waits for things that should happen promptly; generous,
@@ -213,12 +213,7 @@ func electorBin(t *testing.T) string {
 	require.NoError(t, err)
 	tempDir = dir
 	bin := filepath.Join(dir, "elector")
-	cmd := exec.Command("go", "build", "-o", bin, "./sidecar/cmd/elector")
-	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the elector: %v\n%s", err, out)
-	}
+	require.NoError(t, electorproc.BuildElector(bin))
 	builtElector = bin
 	return bin
 }

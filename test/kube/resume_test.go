@@ -9,8 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 func tryAcquire(b *testBackend, name, identity string, legacy bool) (backend.Grant, error) {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/electorproc"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // TestShutdownReleasesCapacity: an elector holding as many Leases as

@@ -9,10 +9,10 @@ package limits_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"github.com/mpsync/mpsync/internal/electorproc"
 	"go.uber.org/goleak"
 )
 
@@ -49,11 +49,8 @@ func setup() (code int, dir string, err error) {
 		return 1, "", err
 	}
 	electorBin = filepath.Join(dir, "elector")
-	cmd := exec.Command("go", "build", "-o", electorBin, "./sidecar/cmd/elector")
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 1, dir, fmt.Errorf("building the elector: %v\n%s", err, out)
+	if err := electorproc.BuildElector(electorBin); err != nil {
+		return 1, dir, err
 	}
 	return 0, dir, nil
 }

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync/bench/internal/measure"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 // info is what the report says about the run besides the numbers.

@@ -26,7 +26,7 @@ import (
 
 	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/transport"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 	"github.com/mpsync/mpsync/sidecar/server"
 )
 

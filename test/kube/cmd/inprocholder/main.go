@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync"
-	"github.com/mpsync/mpsync/sidecar/kube"
+	"github.com/mpsync/mpsync/kube"
 )
 
 func main() {

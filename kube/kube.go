@@ -90,9 +90,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 const (

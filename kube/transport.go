@@ -14,8 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
-	"github.com/mpsync/mpsync/sidecar/backend"
 )
 
 // Transport is the in-process transport: an mpsync.Transport that keeps
