@@ -21,7 +21,7 @@ import (
 //
 //	go test -run '^$' -fuzz FuzzHandler -fuzztime 30s ./sidecar/server/
 func FuzzHandler(f *testing.F) {
-	seeds := []struct {
+	corpus := []struct {
 		method, target string
 		body           string
 	}{
@@ -55,7 +55,7 @@ func FuzzHandler(f *testing.F) {
 		{"POST", "/v1/locks/held/release", `{"session":"s1","session":"s2"}`},
 		{"POST", "/v1/locks/held/release", `{"session":"\ud800"}`},
 	}
-	for _, s := range seeds {
+	for _, s := range corpus {
 		f.Add(s.method, s.target, []byte(s.body))
 	}
 
