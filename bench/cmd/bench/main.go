@@ -143,25 +143,11 @@ func progress(format string, args ...any) {
 // measurement failed; err is for the harness itself failing.
 func run(ctx context.Context, o options) (failed bool, err error) {
 	began := time.Now()
-	c, err := openCluster(o.controlplane)
+	h, err := newHarness(ctx, o, began)
 	if err != nil {
 		return false, err
 	}
-	if err := c.prepare(ctx, o.namespace, o.rbac); err != nil {
-		return false, err
-	}
-	logs, err := filepath.Abs(filepath.Join(o.logs, began.UTC().Format("20060102-150405")))
-	if err != nil {
-		return false, err
-	}
-	h := &harness{
-		c: c, ns: o.namespace, bin: o.bin, elector: o.elector, logs: logs,
-		lease: o.lease, renew: o.renew, retry: o.retry,
-		rng: rand.New(rand.NewPCG(o.randStart, o.randStart>>1|1)),
-	}
-	progress("logs in %s", logs)
 	r := newResults()
-
 	h.mpsyncErr = h.checkMpsyncKube(ctx)
 	if h.mpsyncErr != nil {
 		if ctx.Err() != nil {
@@ -169,107 +155,163 @@ func run(ctx context.Context, o options) (failed bool, err error) {
 		}
 		progress("NOT MEASURING mpsync on Kubernetes: the elector does not start with --backend=kubernetes: %v", h.mpsyncErr)
 	}
-
-	// mpsync's lock path through one elector.
 	if o.runs("lockpath") {
-		progress("memory backend: %d lock handovers", o.memHandovers)
-		hs, err := h.memoryHandover(ctx, o.memHandovers)
-		r.record(ctx, "memory-handover", err)
-		r.memHandover = hs
-		progress("memory backend: %d × %v of back-to-back Lock+Unlock round trips", o.rtTrials, o.rtDuration)
-		p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
-		r.record(ctx, "roundtrip-memory", err)
-		r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
-		if h.mpsyncErr == nil {
-			// Latency paced (back to back, the elector's client-side rate
-			// limit would set it), throughput back to back.
-			progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-			p50s, p99s, _, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
-			if r.record(ctx, "roundtrip-kubernetes", err) {
-				r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
-				_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
-				r.record(ctx, "roundtrip-kubernetes", err)
-				r.rate["kubernetes"] = rates
-			}
-		}
+		h.lockPath(ctx, o, r)
 	}
 	if o.runs("lockpath") || o.runs("contend") {
-		progress("API server: raw Lease updates for %v", o.floorDuration)
-		floor, n, err := c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
-		r.record(ctx, "floor", err)
-		r.floor, r.floorN = floor.Seconds(), n
-		if ctx.Err() != nil {
-			return false, ctx.Err()
+		if err := h.floor(ctx, o, r, began); err != nil {
+			return false, err
 		}
 	}
-
-	// Leader election, client-go and mpsync trials interleaved so that a
-	// slow spell on the machine hits both.
-	for _, crash := range []bool{false, true} {
-		if !o.runs("election") {
-			break
+	if o.runs("election") {
+		if err := h.elections(ctx, o, r); err != nil {
+			return false, err
 		}
+	}
+	if err := h.idleLoad(ctx, o, r); err != nil {
+		return false, err
+	}
+	if err := h.contention(ctx, o, r); err != nil {
+		return false, err
+	}
+	if err := publish(ctx, h, o, r, began); err != nil {
+		return false, err
+	}
+	return len(r.errs) > 0, nil
+}
+
+// newHarness opens the control plane of o, prepares the namespace and
+// names the directory of this run's logs.
+func newHarness(ctx context.Context, o options, began time.Time) (*harness, error) {
+	c, err := openCluster(o.controlplane)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.prepare(ctx, o.namespace, o.rbac); err != nil {
+		return nil, err
+	}
+	logs, err := filepath.Abs(filepath.Join(o.logs, began.UTC().Format("20060102-150405")))
+	if err != nil {
+		return nil, err
+	}
+	progress("logs in %s", logs)
+	return &harness{
+		c: c, ns: o.namespace, bin: o.bin, elector: o.elector, logs: logs,
+		lease: o.lease, renew: o.renew, retry: o.retry,
+		rng: rand.New(rand.NewPCG(o.randStart, o.randStart>>1|1)),
+	}, nil
+}
+
+// lockPath measures mpsync's lock path through one elector: handovers and
+// round trips on the memory backend, round trips on Kubernetes.
+func (h *harness) lockPath(ctx context.Context, o options, r *results) {
+	progress("memory backend: %d lock handovers", o.memHandovers)
+	hs, err := h.memoryHandover(ctx, o.memHandovers)
+	r.record(ctx, "memory-handover", err)
+	r.memHandover = hs
+	progress("memory backend: %d × %v of back-to-back Lock+Unlock round trips", o.rtTrials, o.rtDuration)
+	p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
+	r.record(ctx, "roundtrip-memory", err)
+	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
+	if h.mpsyncErr != nil {
+		return
+	}
+	// Latency paced (back to back, the elector's client-side rate limit
+	// would set it), throughput back to back.
+	progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
+	if r.record(ctx, "roundtrip-kubernetes", err) {
+		r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
+		_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
+		r.record(ctx, "roundtrip-kubernetes", err)
+		r.rate["kubernetes"] = rates
+	}
+}
+
+// floor measures the API server's raw conditional Lease update rate.
+func (h *harness) floor(ctx context.Context, o options, r *results, began time.Time) error {
+	progress("API server: raw Lease updates for %v", o.floorDuration)
+	floor, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
+	r.record(ctx, "floor", err)
+	r.floor, r.floorN = floor.Seconds(), n
+	return ctx.Err()
+}
+
+// elections runs the leader-election trials, graceful handovers then crash
+// failovers, client-go and mpsync interleaved so that a slow spell on the
+// machine hits both.
+func (h *harness) elections(ctx context.Context, o options, r *results) error {
+	for _, crash := range []bool{false, true} {
 		kind, trials := "handover", o.trials
 		if crash {
 			kind, trials = "failover", o.failoverTrials
 		}
 		for i := range trials {
 			for _, sys := range h.systems() {
-				key := kind + "/" + sys.name
-				if r.errs[key] != "" {
-					continue
-				}
-				res, err := h.leaderTrial(ctx, sys, crash)
-				if r.record(ctx, key, err) {
-					if kind == "handover" {
-						r.handover[sys.name] = append(r.handover[sys.name], res.fromSignal)
-						progress("%s %d/%d %s: %.3f s", kind, i+1, trials, sys.name, res.fromSignal)
-					} else {
-						r.failover[sys.name] = append(r.failover[sys.name], res.fromSignal)
-						r.expiry[sys.name] = append(r.expiry[sys.name], res.fromRenewal)
-						progress("%s %d/%d %s: %.3f s after the kill, %.3f s after the last renewal", kind, i+1, trials, sys.name, res.fromSignal, res.fromRenewal)
-					}
-				}
+				h.leaderTrialInto(ctx, r, sys, kind, crash, fmt.Sprintf("%d/%d", i+1, trials))
 			}
 			if ctx.Err() != nil {
-				return false, ctx.Err()
+				return ctx.Err()
 			}
 		}
 	}
+	return nil
+}
 
-	// Idle API load; the quiet baseline serves the scale run too.
+// leaderTrialInto runs one leader trial of sys and records it in r, unless
+// an earlier trial of that kind failed.
+func (h *harness) leaderTrialInto(ctx context.Context, r *results, sys system, kind string, crash bool, which string) {
+	key := kind + "/" + sys.name
+	if r.errs[key] != "" {
+		return
+	}
+	res, err := h.leaderTrial(ctx, sys, crash)
+	if !r.record(ctx, key, err) {
+		return
+	}
+	if !crash {
+		r.handover[sys.name] = append(r.handover[sys.name], res.fromSignal)
+		progress("%s %s %s: %.3f s", kind, which, sys.name, res.fromSignal)
+		return
+	}
+	r.failover[sys.name] = append(r.failover[sys.name], res.fromSignal)
+	r.expiry[sys.name] = append(r.expiry[sys.name], res.fromRenewal)
+	progress("%s %s %s: %.3f s after the kill, %.3f s after the last renewal", kind, which, sys.name, res.fromSignal, res.fromRenewal)
+}
+
+// idleLoad measures the API load of idle candidates, net of a quiet
+// baseline, which the scale run uses too.
+func (h *harness) idleLoad(ctx context.Context, o options, r *results) error {
+	var err error
 	if o.runs("load") || o.runs("scale") {
 		progress("quiet baseline: %d × %v with no candidates", o.loadWindows, o.window)
 		r.quiet, err = h.loadWindows(ctx, nil, o.loadWindows, o.window)
 		r.record(ctx, "load/quiet", err)
 	}
-	for _, sys := range h.systems() {
-		if !o.runs("load") {
-			break
+	if o.runs("load") {
+		for _, sys := range h.systems() {
+			progress("idle load: three %s candidates, %d × %v", sys.name, o.loadWindows, o.window)
+			ws, err := h.loadWindows(ctx, &sys, o.loadWindows, o.window)
+			r.record(ctx, "load/"+sys.name, err)
+			r.load[sys.name] = ws
 		}
-		progress("idle load: three %s candidates, %d × %v", sys.name, o.loadWindows, o.window)
-		ws, err := h.loadWindows(ctx, &sys, o.loadWindows, o.window)
-		r.record(ctx, "load/"+sys.name, err)
-		r.load[sys.name] = ws
 	}
-	if ctx.Err() != nil {
-		return false, ctx.Err()
-	}
-	if err := h.contention(ctx, o, r); err != nil {
-		return false, err
-	}
+	return ctx.Err()
+}
 
-	info := gatherInfo(ctx, c, o, time.Since(began))
+// publish prints the report and writes it to o.out if set.
+func publish(ctx context.Context, h *harness, o options, r *results, began time.Time) error {
+	info := gatherInfo(ctx, h.c, o, time.Since(began))
 	report := renderReport(r, h, o, info)
 	fmt.Println(report)
 	if o.out != "" {
 		if err := writeReport(o.out, report); err != nil {
-			return false, err
+			return err
 		}
 		progress("wrote %s", o.out)
 	}
 	progress("done in %v", time.Since(began).Round(time.Second))
-	return len(r.errs) > 0, nil
+	return nil
 }
 
 // results holds every measurement, in seconds unless said otherwise.
