@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -131,10 +132,38 @@ type Options struct {
 // Check verifies recs. Records may come in any order (one file per
 // process, concatenated).
 func Check(recs []Record, opt Options) Report {
-	rep := Report{Faults: map[string]int{}}
-	var last int64
-	kills := map[string][]int64{}
-	var heals []int64
+	c := &checker{rep: Report{Faults: map[string]int{}}, kills: map[string][]int64{}}
+	ivs := c.intervals(recs)
+	c.rep.Acquisitions = len(ivs)
+	byLock := map[string][]*Interval{}
+	for _, iv := range ivs {
+		byLock[iv.Lock] = append(byLock[iv.Lock], iv)
+	}
+	for _, l := range slices.Sorted(maps.Keys(byLock)) {
+		list := byLock[l]
+		sort.SliceStable(list, func(i, j int) bool { return list[i].Begin < list[j].Begin })
+		c.safety(l, list)
+		if opt.Bound > 0 {
+			c.liveness(l, list, opt.Bound)
+		}
+	}
+	return c.rep
+}
+
+// checker is one run of Check: the report so far and what the records
+// said besides intervals.
+type checker struct {
+	rep   Report
+	last  int64              // the time of the last record
+	kills map[string][]int64 // each client's kills, in time order
+	heals []int64
+}
+
+// intervals reads recs in time order into the holding intervals they
+// describe, counting faults and noting kills and heals. A killed client's
+// open intervals end at its kill; others stay open to the end of the
+// history.
+func (c *checker) intervals(recs []Record) []*Interval {
 	type key struct {
 		lock, client string
 		token        uint64
@@ -144,103 +173,96 @@ func Check(recs []Record, opt Options) Report {
 	recs = slices.Clone(recs)
 	sort.SliceStable(recs, func(i, j int) bool { return recs[i].T < recs[j].T })
 	for _, r := range recs {
-		last = max(last, r.T)
+		c.last = max(c.last, r.T)
+		k := key{r.Lock, r.Client, r.Token}
 		switch r.Ev {
 		case Acquire:
-			k := key{r.Lock, r.Client, r.Token}
 			if _, dup := open[k]; dup {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("%s: %s acquired token %d twice", r.Lock, r.Client, r.Token))
+				c.violation("%s: %s acquired token %d twice", r.Lock, r.Client, r.Token)
 				continue
 			}
 			iv := &Interval{Lock: r.Lock, Client: r.Client, Token: r.Token, Begin: r.T, Open: true}
 			open[k] = iv
 			ivs = append(ivs, iv)
 		case End:
-			k := key{r.Lock, r.Client, r.Token}
 			iv := open[k]
 			if iv == nil {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("%s: %s ended token %d it never acquired", r.Lock, r.Client, r.Token))
+				c.violation("%s: %s ended token %d it never acquired", r.Lock, r.Client, r.Token)
 				continue
 			}
 			iv.End, iv.Open = max(r.T, iv.Begin), false
 			delete(open, k)
 		case Kill:
-			kills[r.Client] = append(kills[r.Client], r.T)
+			c.kills[r.Client] = append(c.kills[r.Client], r.T)
 		case Fault:
-			rep.Faults[r.Kind]++
+			c.rep.Faults[r.Kind]++
 		case Heal:
-			heals = append(heals, r.T)
+			c.heals = append(c.heals, r.T)
 		}
 	}
-	// A killed client's open intervals end at its kill; others stay open
-	// to the end of the history.
 	for _, iv := range open {
-		iv.End = last
-		for _, t := range kills[iv.Client] {
+		iv.End = c.last
+		for _, t := range c.kills[iv.Client] {
 			if t >= iv.Begin {
 				iv.End = t
 				break
 			}
 		}
 	}
-	rep.Acquisitions = len(ivs)
+	return ivs
+}
 
-	byLock := map[string][]*Interval{}
-	for _, iv := range ivs {
-		byLock[iv.Lock] = append(byLock[iv.Lock], iv)
-	}
-	locks := make([]string, 0, len(byLock))
-	for l := range byLock {
-		locks = append(locks, l)
-	}
-	sort.Strings(locks)
-	bound := opt.Bound.Nanoseconds()
-	for _, l := range locks {
-		list := byLock[l]
-		sort.SliceStable(list, func(i, j int) bool { return list[i].Begin < list[j].Begin })
-		var prev *Interval // the interval that ends last so far
-		for i, iv := range list {
-			if prev != nil && iv.Begin < prev.End {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("%s: %v overlaps %v by %v", l, iv, prev, time.Duration(prev.End-iv.Begin)))
-			}
-			if i > 0 && iv.Token <= list[i-1].Token {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("%s: token %d of %s acquired after token %d of %s", l, iv.Token, iv.Client, list[i-1].Token, list[i-1].Client))
-			}
-			if prev == nil || iv.End > prev.End {
-				prev = iv
-			}
+// safety checks the intervals of lock l, sorted by beginning: none begins
+// before another has ended, and tokens increase.
+func (c *checker) safety(l string, list []*Interval) {
+	var prev *Interval // the interval that ends last so far
+	for i, iv := range list {
+		if prev != nil && iv.Begin < prev.End {
+			c.violation("%s: %v overlaps %v by %v", l, iv, prev, time.Duration(prev.End-iv.Begin))
 		}
-		// Liveness: after each heal, and after each holder's death, some
-		// holder holds this lock within the bound, unless the history
-		// ends first.
-		check := func(t int64, what string) {
-			for _, iv := range list {
-				if iv.End <= t {
-					continue
-				}
-				gap := time.Duration(max(iv.Begin-t, 0))
-				rep.LongestGap = max(rep.LongestGap, gap)
-				if gap.Nanoseconds() > bound {
-					rep.Violations = append(rep.Violations, fmt.Sprintf("%s: no holder for %v after %s (bound %v)", l, gap, what, opt.Bound))
-				}
-				return
-			}
-			if last-t > bound {
-				rep.Violations = append(rep.Violations, fmt.Sprintf("%s: no holder in the %v after %s", l, time.Duration(last-t), what))
-			}
+		if i > 0 && iv.Token <= list[i-1].Token {
+			c.violation("%s: token %d of %s acquired after token %d of %s", l, iv.Token, iv.Client, list[i-1].Token, list[i-1].Client)
 		}
-		if bound > 0 {
-			for _, h := range heals {
-				if h >= list[0].Begin {
-					check(h, fmt.Sprintf("a heal at %d", h))
-				}
-			}
-			for _, iv := range list {
-				if iv.Open && iv.End < last {
-					check(iv.End, fmt.Sprintf("%s died holding it at %d", iv.Client, iv.End))
-				}
-			}
+		if prev == nil || iv.End > prev.End {
+			prev = iv
 		}
 	}
-	return rep
+}
+
+// liveness checks that after each heal, and after each holder's death,
+// some holder holds lock l within bound, unless the history ends first.
+func (c *checker) liveness(l string, list []*Interval, bound time.Duration) {
+	for _, h := range c.heals {
+		if h >= list[0].Begin {
+			c.heldWithin(l, list, h, bound, fmt.Sprintf("a heal at %d", h))
+		}
+	}
+	for _, iv := range list {
+		if iv.Open && iv.End < c.last {
+			c.heldWithin(l, list, iv.End, bound, fmt.Sprintf("%s died holding it at %d", iv.Client, iv.End))
+		}
+	}
+}
+
+// heldWithin checks that an interval of list holds at t or begins within
+// bound after it (what names t), and keeps the longest gap seen.
+func (c *checker) heldWithin(l string, list []*Interval, t int64, bound time.Duration, what string) {
+	for _, iv := range list {
+		if iv.End <= t {
+			continue
+		}
+		gap := time.Duration(max(iv.Begin-t, 0))
+		c.rep.LongestGap = max(c.rep.LongestGap, gap)
+		if gap > bound {
+			c.violation("%s: no holder for %v after %s (bound %v)", l, gap, what, bound)
+		}
+		return
+	}
+	if time.Duration(c.last-t) > bound {
+		c.violation("%s: no holder in the %v after %s", l, time.Duration(c.last-t), what)
+	}
+}
+
+func (c *checker) violation(format string, args ...any) {
+	c.rep.Violations = append(c.rep.Violations, fmt.Sprintf(format, args...))
 }
