@@ -6,6 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // ElectorPackage is the elector's command, in the sidecar module.
@@ -50,4 +53,45 @@ func RepoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// ElectorBin is the elector the tests of a package run: $MPSYNC_ELECTOR_BIN
+// (as hack/test.sh builds it), else one built into a temporary directory,
+// which done removes.
+func ElectorBin() (bin string, done func(), err error) {
+	if bin := os.Getenv("MPSYNC_ELECTOR_BIN"); bin != "" {
+		return bin, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "mpsync-elector-")
+	if err != nil {
+		return "", nil, err
+	}
+	done = func() { _ = os.RemoveAll(dir) }
+	bin = filepath.Join(dir, "elector")
+	if err := BuildElector(bin); err != nil {
+		done()
+		return "", nil, err
+	}
+	return bin, done, nil
+}
+
+// RunTests is the TestMain of a package whose tests run elector processes:
+// it sets *bin to ElectorBin, runs the tests, and fails them if goroutines
+// are left behind once they passed. It does not return.
+func RunTests(m *testing.M, bin *string) {
+	b, done, err := ElectorBin()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = b
+	code := m.Run()
+	done()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }

@@ -11,13 +11,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/electorproc"
@@ -31,33 +28,7 @@ const waitFor = 20 * time.Second
 // electorBin is $MPSYNC_ELECTOR_BIN, else an elector built for this run.
 var electorBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "mpsync-inputs-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	electorBin = filepath.Join(dir, "elector")
-	if bin := os.Getenv("MPSYNC_ELECTOR_BIN"); bin != "" {
-		electorBin = bin // as hack/test.sh builds it
-	} else if err := buildElector(electorBin); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// buildElector builds the elector into bin.
-func buildElector(bin string) error { return electorproc.BuildElector(bin) }
+func TestMain(m *testing.M) { electorproc.RunTests(m, &electorBin) }
 
 // startElector starts an elector on the memory backend, killed at the end
 // of the test.
