@@ -64,12 +64,13 @@ func (s *Server) dropSession(id string) {
 }
 
 // lookup returns the live session id of lock name, or nil: for an id that
-// never existed, has ended, or belongs to another lock alike.
+// never existed, has ended, was released (its stream may not have ended
+// yet), or belongs to another lock alike.
 func (s *Server) lookup(name, id string) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess := s.sessions[id]
-	if sess == nil || sess.name != name {
+	if sess == nil || sess.name != name || sess.wasReleased() {
 		return nil
 	}
 	return sess

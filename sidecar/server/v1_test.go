@@ -77,6 +77,20 @@ func TestAcquireRenewRelease(t *testing.T) {
 	}
 }
 
+// TestReleasedSessionIsUnknownAtOnce: once a release is answered, its
+// session is no live session, even while its stream has not ended yet (the
+// client has not read the released line): a renew gets 404, not 410.
+func TestReleasedSessionIsUnknownAtOnce(t *testing.T) {
+	e := newEnv(t, Config{})
+	st, ev := e.acquired("a", "web-1")
+	e.doJSON("POST", "/v1/locks/a/release", `{"session":"`+ev.Session+`"}`, 200, nil)
+	var eb wire.ErrorBody
+	e.doJSON("POST", "/v1/locks/a/renew", `{"session":"`+ev.Session+`"}`, http.StatusNotFound, &eb)
+	assert.Equal(t, wire.CodeUnknownSession, eb.Code, "renew after the release was answered")
+	assert.Equal(t, wire.EventReleased, st.next().Type, "the stream's last line")
+	st.wantEnd()
+}
+
 func TestAcquireLockedAndWait(t *testing.T) {
 	e := newEnv(t, Config{})
 	_, first := e.acquired("a", "web-1")
