@@ -386,6 +386,8 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 	latest := make(chan core.Holder, 1)
 	ended := make(chan error, 1)
 	go func() { ended <- c.readHolders(bufio.NewReaderSize(resp.Body, maxLine), quiet, latest) }()
+	// Runs before quiet.stop: the reader, which calls quiet.heard, has
+	// ended by then.
 	defer func() { cancel(); <-ended }()
 	for {
 		select {
@@ -396,10 +398,12 @@ func (c *Client) Watch(ctx context.Context, name string, fn func(core.Holder)) e
 			}
 		case err := <-ended:
 			ended <- err // for the deferred join
-			select {
-			case h := <-latest: // the last state read before the end
-				fn(h)
-			default:
+			if ctx.Err() == nil {
+				select {
+				case h := <-latest: // the last state read before the end
+					fn(h)
+				default:
+				}
 			}
 			return c.watchEnded(ctx, err)
 		}
