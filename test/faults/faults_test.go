@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
 )
 
 // lease is the lease duration of every round: short, so that a SIGSTOP
@@ -163,8 +165,17 @@ func TestFaults(t *testing.T) {
 		}
 		cfg.name, cfg.duration, cfg.summary = "soak", d, os.Getenv("MPSYNC_SOAK_SUMMARY")
 	}
-	rep := newRound(t, cfg).run()
+	r := newRound(t, cfg)
+	rep := r.run()
 	for _, v := range rep.Violations {
 		t.Errorf("violation: %s", v)
+	}
+	// The in-process holders took part: they held locks, and locks passed
+	// between them and the electors' clients (both ways counted), whose
+	// exclusion and tokens Check verified with the rest.
+	assert.Positive(t, r.mix.inProcTerms, "terms of in-process clients")
+	assert.Positive(t, r.mix.handovers, "handovers between in-process and sidecar holders")
+	for _, k := range []string{faultInProcKill, faultInProcStop, faultInProcPartition} {
+		assert.GreaterOrEqual(t, rep.Faults[k], cfg.minEach, "faults %s", k)
 	}
 }

@@ -164,6 +164,17 @@ type round struct {
 	// lastHeal is when the last fault healed, or a client was killed: the
 	// start of the window in which Check wants a holder of every lock.
 	lastHeal int64
+	// mix is what finish counted of in-process and sidecar holders.
+	mix holderMix
+}
+
+// holderMix counts, in a round's histories, the terms of in-process
+// clients and the handovers of a lock between an in-process holder and an
+// elector's client (either way): the mixed contention whose exclusion and
+// tokens Check verifies like any other.
+type holderMix struct {
+	inProcTerms int
+	handovers   int
 }
 
 type electorProc struct {
@@ -785,12 +796,49 @@ func (r *round) finish() history.Report {
 	recs, err := r.records()
 	require.NoError(t, err)
 	rep := history.Check(recs, history.Options{Bound: r.cfg.bound()})
+	r.mix = r.countMix(recs)
 	sum := r.summary(rep, recs, elapsed)
 	t.Log(sum)
 	if r.cfg.summary != "" {
 		assert.NoError(t, os.WriteFile(r.cfg.summary, []byte(sum), 0o644))
 	}
 	return rep
+}
+
+// inProc reports whether the client of a record (slot and generation) is
+// an in-process one.
+func (r *round) inProc(client string) bool {
+	for _, c := range r.clients {
+		if c.e == nil && strings.HasPrefix(client, c.slot+"-g") {
+			return true
+		}
+	}
+	return false
+}
+
+// countMix counts the in-process terms of recs and the handovers between
+// in-process and sidecar holders, lock by lock in acquisition order.
+func (r *round) countMix(recs []history.Record) holderMix {
+	var m holderMix
+	byLock := map[string][]history.Record{}
+	for _, rec := range recs {
+		if rec.Ev == history.Acquire {
+			byLock[rec.Lock] = append(byLock[rec.Lock], rec)
+		}
+	}
+	for _, list := range byLock {
+		sort.SliceStable(list, func(i, j int) bool { return list[i].T < list[j].T })
+		for i, rec := range list {
+			in := r.inProc(rec.Client)
+			if in {
+				m.inProcTerms++
+			}
+			if i > 0 && in != r.inProc(list[i-1].Client) {
+				m.handovers++
+			}
+		}
+	}
+	return m
 }
 
 // records parses every history file of the round.
@@ -830,6 +878,10 @@ func (r *round) summary(rep history.Report, recs []history.Record, elapsed time.
 	fmt.Fprintf(&b, "fault round %q on the %s backend: %v, %d electors, %d client processes (%d of them in-process), lease %v, bound %v\n",
 		r.cfg.name, r.cfg.backend, elapsed.Round(time.Second), len(r.electors), len(r.clients), r.cfg.inProcess, r.cfg.lease, r.cfg.bound())
 	fmt.Fprintf(&b, "acquisitions checked: %d (%s)\n", rep.Acquisitions, countList(perLock))
+	if r.cfg.inProcess > 0 {
+		fmt.Fprintf(&b, "in-process: %d of those terms; %d handovers between an in-process and a sidecar holder\n",
+			r.mix.inProcTerms, r.mix.handovers)
+	}
 	fmt.Fprintf(&b, "terms ended (by cause, as the holder saw it): %s\n", countList(causes))
 	total := 0
 	for _, n := range rep.Faults {
