@@ -15,6 +15,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/internal/backend"
+	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
 )
 
@@ -52,6 +53,7 @@ type transportOptions struct {
 	lease time.Duration
 	name  string
 	log   *zap.Logger
+	clock clock.Clock
 }
 
 // WithRateLimit sets the Transport's client-side limit on its requests to
@@ -116,6 +118,24 @@ func WithLogger(z *zap.Logger) Option {
 	}
 }
 
+// WithTestClock is for fault tests only: it runs the Transport's Lease
+// logic on a clock offset ahead of the machine's (negative: behind) and
+// running rate times as fast (rate 0.5 to 2), as the elector's
+// --test-clock-offset and --test-clock-rate do, to show that nothing
+// depends on agreeing with other hosts' clocks. The SDK's own deadlines
+// stay on the machine's clock. A rate off by more than the timing model's
+// drift (1%) breaks mutual exclusion; never use it in production.
+func WithTestClock(offset time.Duration, rate float64) Option {
+	return func(o *transportOptions) error {
+		c, err := clock.NewSkewed(offset, rate)
+		if err != nil {
+			return fmt.Errorf("kube: WithTestClock: %w", err)
+		}
+		o.clock = c
+		return nil
+	}
+}
+
 // NewTransport returns a Transport that keeps locks as Leases in namespace,
 // talking to the API server that cfg names (rest.InClusterConfig in a pod,
 // whose service account needs get, list, watch, create and update on
@@ -173,6 +193,7 @@ func NewTransport(cfg *rest.Config, namespace string, opts ...Option) (*Transpor
 		Identity:      o.name,
 		LeaseDuration: o.lease,
 		MaxLocks:      t.maxLocks,
+		Clock:         o.clock,
 		Logger:        o.log.With(zap.String("transport", "in-process")),
 	})
 	if err != nil {

@@ -38,6 +38,7 @@ func TestNewTransportRefuses(t *testing.T) {
 		{"empty name", unreachable(), "default", []Option{WithName("")}, "WithName"},
 		{"name with @", unreachable(), "default", []Option{WithName("pod@x")}, "'@' or '#'"},
 		{"name with control", unreachable(), "default", []Option{WithName("pod\n")}, "invalid identity"},
+		{"test clock rate out of range", unreachable(), "default", []Option{WithTestClock(time.Hour, 3)}, "outside [0.5, 2]"},
 		{"nil logger", unreachable(), "default", []Option{WithLogger(nil)}, "WithLogger"},
 		{"rate too low for one lock", unreachable(), "default", []Option{WithRateLimit(0.1, 1)}, "cannot keep even one lock"},
 	} {

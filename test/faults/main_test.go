@@ -1,8 +1,9 @@
 // Package faults checks docs/DESIGN.md's guarantee 1, mutual exclusion as seen
 // by the holder, under faults: processes contend for locks and elections
-// through electors while the harness kills and stops clients and electors,
-// kills and restarts the API server, cuts electors off from it or slows
-// their link, and skews their clocks. Every client records when each of
+// through electors, and in-process (kube.NewTransport) beside them, while
+// the harness kills and stops clients and electors, kills and restarts the
+// API server, cuts electors and in-process clients off from it or slows an
+// elector's link, and skews their clocks. Every client records when each of
 // its leadership contexts began and ended (package history, one file per
 // process, on the machine's monotonic clock), the harness records its
 // faults, and history.Check then verifies that no two holders overlapped,

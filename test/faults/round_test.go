@@ -56,6 +56,32 @@ const (
 	// by half a percent. Not injected and healed: a standing condition,
 	// recorded once per skewed elector when the round starts.
 	faultClockSkew = "elector-clock-skew"
+
+	// The faults of in-process holders: client processes that keep their
+	// locks as Leases themselves (kube.NewTransport), with no elector,
+	// each talking to the API server through a proxy of its own.
+	//
+	// An in-process client is SIGKILLed while (usually) holding a lock; a
+	// new one takes its place. Nothing is left to release its Leases:
+	// the others take them a lease duration after its last renewal, which
+	// was before the kill, so the round's bound (lease + allowance, from
+	// the kill) covers the wait; see allowance. Its heal is the death.
+	faultInProcKill = "inprocess-sigkill"
+	// An in-process client is stopped (SIGSTOP) for up to two lease
+	// durations, then continued: its Transport renews no more, its
+	// contexts end on their local deadlines, the others take its Leases a
+	// lease duration after its last renewal, and once continued it finds
+	// its Leases taken (its writes conflict).
+	faultInProcStop = "inprocess-sigstop"
+	// One in-process client is cut off from the API server (its proxy
+	// holds every byte) while every other process is not; on healing, the
+	// held bytes go through or the connections are reset.
+	faultInProcPartition = "inprocess-partition"
+	// An in-process client whose Transport runs its Lease logic on a
+	// clock hours off and half a percent fast (kube.WithTestClock). A
+	// standing condition like faultClockSkew, recorded once per skewed
+	// client when the round starts.
+	faultInProcClockSkew = "inprocess-clock-skew"
 )
 
 // roundConfig describes one fault round.
@@ -68,6 +94,11 @@ type roundConfig struct {
 	longLocks  []string      // likewise, holding each up to longHold: its terms span renewals
 	longHold   time.Duration // 0: four lease durations
 	elections  []string      // each client runs every one, for up to three lease durations each time
+	// inProcess adds this many client processes that keep their locks
+	// in-process (the client's -kubeconfig: kube.NewTransport, lease
+	// lease), each through a proxy of its own to the API server; every
+	// second one runs its Lease logic on a skewed clock. Kubernetes only.
+	inProcess int
 	// abandoner adds, on the first elector, a client that abandons its
 	// connections (the client's -abandon): raw-socket acquires of locks
 	// with bytes after the request, walked away from, never renewed.
@@ -133,6 +164,17 @@ type round struct {
 	// lastHeal is when the last fault healed, or a client was killed: the
 	// start of the window in which Check wants a holder of every lock.
 	lastHeal int64
+	// mix is what finish counted of in-process and sidecar holders.
+	mix holderMix
+}
+
+// holderMix counts, in a round's histories, the terms of in-process
+// clients and the handovers of a lock between an in-process holder and an
+// elector's client (either way): the mixed contention whose exclusion and
+// tokens Check verifies like any other.
+type holderMix struct {
+	inProcTerms int
+	handovers   int
 }
 
 type electorProc struct {
@@ -145,12 +187,17 @@ type electorProc struct {
 }
 
 type clientProc struct {
-	slot    string // "e1-c0": elector and place
-	abandon bool   // runs with -abandon
-	e       *electorProc
-	gen     int
-	name    string // slot and generation: the client of its records
-	p       *electorproc.Proc
+	slot    string       // "e1-c0": elector and place; "p1": an in-process client
+	abandon bool         // runs with -abandon
+	e       *electorProc // nil for an in-process client
+	// An in-process client's proxy to the API server, its kubeconfig
+	// (pointing at the proxy) and more flags (clock skew).
+	proxy    *proxy
+	kubeconf string
+	extra    []string
+	gen      int
+	name     string // slot and generation: the client of its records
+	p        *electorproc.Proc
 }
 
 // newRound sets up a round: its directory, control plane, namespace,
@@ -248,6 +295,28 @@ func newRound(t *testing.T, cfg roundConfig) *round {
 			require.NoError(t, r.startClient(c))
 		}
 	}
+	for i := range cfg.inProcess {
+		if r.cp == nil {
+			t.Fatal("in-process clients need the kubernetes backend")
+		}
+		c := &clientProc{slot: fmt.Sprintf("p%d", i+1)}
+		if c.proxy, err = newProxy(r.cp.hostport); err != nil {
+			t.Fatal(err)
+		}
+		if c.kubeconf, err = r.cp.proxiedKubeconfig(c.slot, c.proxy.Addr()); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			// Hours behind, half a percent fast: within core.Rho of
+			// the SDK's clock in the same process and of every
+			// elector's (a fast clock is the one that could take a
+			// Lease too early).
+			c.extra = []string{"-test-clock-offset", "-4h", "-test-clock-rate", "1.005"}
+			r.note(history.Record{Ev: history.Fault, Kind: faultInProcClockSkew})
+		}
+		r.clients = append(r.clients, c)
+		require.NoError(t, r.startClient(c))
+	}
 	r.started = time.Now()
 	return r
 }
@@ -273,6 +342,11 @@ func (r *round) cleanup() {
 	for _, e := range r.electors {
 		if e.proxy != nil {
 			e.proxy.Close()
+		}
+	}
+	for _, c := range r.clients {
+		if c.proxy != nil {
+			c.proxy.Close()
 		}
 	}
 }
@@ -338,11 +412,16 @@ func (r *round) startClient(c *clientProc) error {
 	c.gen++
 	c.name = fmt.Sprintf("%s-g%d", c.slot, c.gen)
 	args := []string{clientBin,
-		"-elector", c.e.addr,
 		"-name", c.name,
 		"-history", filepath.Join(r.hist, c.name+".jsonl"),
 		"-run-max", (3 * r.cfg.lease).String(),
 		"-rand", fmt.Sprint(r.rng.Uint64()),
+	}
+	if c.e != nil {
+		args = append(args, "-elector", c.e.addr)
+	} else {
+		args = append(args, "-kubeconfig", c.kubeconf, "-namespace", r.ns, "-lease", r.cfg.lease.String())
+		args = append(args, c.extra...)
 	}
 	if c.abandon {
 		args = append(args, "-abandon", "-locks", strings.Join(r.cfg.locks, ","))
@@ -387,8 +466,9 @@ func (r *round) wait(d time.Duration) {
 
 // holder returns the client that holds, now, one of the locks held long
 // (a long lock, or an election; a short lock if there are none), if an
-// elector can say so. A fault aimed at it lands in the middle of a term.
-func (r *round) holder() *clientProc {
+// elector can say so and it is in-process or not as inproc says. A fault
+// aimed at it lands in the middle of a term.
+func (r *round) holder(inproc bool) *clientProc {
 	names := append(slices.Clone(r.cfg.longLocks), r.cfg.elections...)
 	if len(names) == 0 {
 		names = r.cfg.locks
@@ -400,7 +480,7 @@ func (r *round) holder() *clientProc {
 			continue
 		}
 		for _, c := range r.clients {
-			if c.name == h {
+			if c.name == h && (c.e == nil) == inproc {
 				return c
 			}
 		}
@@ -409,8 +489,9 @@ func (r *round) holder() *clientProc {
 	return nil
 }
 
-// victim picks the client a fault hits: most often the holder of a lock,
-// so that the fault bites; sometimes any client.
+// victim picks the client a fault hits among those through an elector:
+// most often the holder of a lock, so that the fault bites; sometimes any
+// such client.
 func (r *round) victim() *clientProc {
 	tries := 1
 	if r.cfg.unsafe() {
@@ -419,11 +500,40 @@ func (r *round) victim() *clientProc {
 		tries = 0
 	}
 	for range tries {
-		if c := r.holder(); c != nil {
+		if c := r.holder(false); c != nil {
 			return c
 		}
 	}
-	return r.clients[r.rng.IntN(len(r.clients))]
+	return r.pick(false)
+}
+
+// inProcVictim picks the in-process client a fault hits: three times in
+// four the first one seen holding a long lock or an election within a
+// lease (fewer in-process clients than others contend, so one try would
+// rarely find one holding); otherwise, or if none does, any of them.
+func (r *round) inProcVictim() *clientProc {
+	if r.rng.IntN(4) != 0 {
+		var found *clientProc
+		_ = electorproc.Poll("an in-process holder", r.cfg.lease, 50*time.Millisecond, func() bool {
+			found = r.holder(true)
+			return found != nil
+		})
+		if found != nil {
+			return found
+		}
+	}
+	return r.pick(true)
+}
+
+// pick returns a random client, in-process or not as inproc says.
+func (r *round) pick(inproc bool) *clientProc {
+	var cs []*clientProc
+	for _, c := range r.clients {
+		if (c.e == nil) == inproc {
+			cs = append(cs, c)
+		}
+	}
+	return cs[r.rng.IntN(len(cs))]
 }
 
 // run injects faults until the round is over, then stops every process
@@ -576,6 +686,39 @@ func (r *round) inject(kind string) error {
 		}
 		r.note(history.Record{Ev: history.Heal, Kind: kind})
 
+	case faultInProcKill:
+		c := r.inProcVictim()
+		r.note(history.Record{Ev: history.Fault, Kind: kind})
+		r.note(history.Record{Ev: history.Kill, Client: c.name})
+		if err := c.p.Signal(syscall.SIGKILL); err != nil {
+			return err
+		}
+		<-c.p.Exited()
+		// The fault is over as it dies: from here every lock must be
+		// held again within the bound (see faultInProcKill).
+		r.note(history.Record{Ev: history.Heal, Kind: kind})
+		return r.startClient(c)
+
+	case faultInProcStop:
+		c := r.inProcVictim()
+		r.note(history.Record{Ev: history.Fault, Kind: kind})
+		if err := c.p.Signal(syscall.SIGSTOP); err != nil {
+			return err
+		}
+		r.wait(r.between(lease/2, 2*lease))
+		if err := c.p.Signal(syscall.SIGCONT); err != nil {
+			return err
+		}
+		r.note(history.Record{Ev: history.Heal, Kind: kind})
+
+	case faultInProcPartition:
+		c := r.inProcVictim()
+		r.note(history.Record{Ev: history.Fault, Kind: kind})
+		c.proxy.Blackhole()
+		r.wait(r.between(lease+lease/4, 2*lease))
+		c.proxy.Heal(r.rng.IntN(2) == 0)
+		r.note(history.Record{Ev: history.Heal, Kind: kind})
+
 	case faultElectorKill:
 		e := r.victim().e
 		r.note(history.Record{Ev: history.Fault, Kind: kind})
@@ -653,12 +796,49 @@ func (r *round) finish() history.Report {
 	recs, err := r.records()
 	require.NoError(t, err)
 	rep := history.Check(recs, history.Options{Bound: r.cfg.bound()})
+	r.mix = r.countMix(recs)
 	sum := r.summary(rep, recs, elapsed)
 	t.Log(sum)
 	if r.cfg.summary != "" {
 		assert.NoError(t, os.WriteFile(r.cfg.summary, []byte(sum), 0o644))
 	}
 	return rep
+}
+
+// inProc reports whether the client of a record (slot and generation) is
+// an in-process one.
+func (r *round) inProc(client string) bool {
+	for _, c := range r.clients {
+		if c.e == nil && strings.HasPrefix(client, c.slot+"-g") {
+			return true
+		}
+	}
+	return false
+}
+
+// countMix counts the in-process terms of recs and the handovers between
+// in-process and sidecar holders, lock by lock in acquisition order.
+func (r *round) countMix(recs []history.Record) holderMix {
+	var m holderMix
+	byLock := map[string][]history.Record{}
+	for _, rec := range recs {
+		if rec.Ev == history.Acquire {
+			byLock[rec.Lock] = append(byLock[rec.Lock], rec)
+		}
+	}
+	for _, list := range byLock {
+		sort.SliceStable(list, func(i, j int) bool { return list[i].T < list[j].T })
+		for i, rec := range list {
+			in := r.inProc(rec.Client)
+			if in {
+				m.inProcTerms++
+			}
+			if i > 0 && in != r.inProc(list[i-1].Client) {
+				m.handovers++
+			}
+		}
+	}
+	return m
 }
 
 // records parses every history file of the round.
@@ -695,9 +875,13 @@ func (r *round) summary(rep history.Report, recs []history.Record, elapsed time.
 			causes[rec.Cause]++
 		}
 	}
-	fmt.Fprintf(&b, "fault round %q on the %s backend: %v, %d electors, %d client processes, lease %v, bound %v\n",
-		r.cfg.name, r.cfg.backend, elapsed.Round(time.Second), len(r.electors), len(r.clients), r.cfg.lease, r.cfg.bound())
+	fmt.Fprintf(&b, "fault round %q on the %s backend: %v, %d electors, %d client processes (%d of them in-process), lease %v, bound %v\n",
+		r.cfg.name, r.cfg.backend, elapsed.Round(time.Second), len(r.electors), len(r.clients), r.cfg.inProcess, r.cfg.lease, r.cfg.bound())
 	fmt.Fprintf(&b, "acquisitions checked: %d (%s)\n", rep.Acquisitions, countList(perLock))
+	if r.cfg.inProcess > 0 {
+		fmt.Fprintf(&b, "in-process: %d of those terms; %d handovers between an in-process and a sidecar holder\n",
+			r.mix.inProcTerms, r.mix.handovers)
+	}
 	fmt.Fprintf(&b, "terms ended (by cause, as the holder saw it): %s\n", countList(causes))
 	total := 0
 	for _, n := range rep.Faults {

@@ -1,6 +1,7 @@
 // Command client is the fault harness's lock client (package
 // github.com/mpsync/mpsync/test/faults). It holds locks and runs elections
-// through one elector with the SDK, and appends to a history file (package
+// with the SDK, through one elector or, with -kubeconfig, in-process
+// (kube.NewTransport, one Transport for the whole process), and appends to a history file (package
 // history) when each of its leadership contexts began and ended, as this
 // process saw it, with the fencing token.
 //
@@ -8,6 +9,17 @@
 //
 //	client -elector ADDR -name NAME -history FILE [-locks a,b:4s] [-elections e]
 //	       [-hold-max 60ms] [-run-max 3s] [-stale-extra 0] [-rand N] [-abandon]
+//	client -kubeconfig FILE -namespace NS [-lease 15s]
+//	       [-test-clock-offset 0 -test-clock-rate 1] -name NAME -history FILE ...
+//
+// With -kubeconfig (instead of -elector) the process keeps its locks as
+// Leases in namespace -namespace itself, through one kube.NewTransport
+// (lease duration -lease, the Transport's name NAME), as a Go service
+// without a sidecar does; the fault harness points the kubeconfig at a
+// proxy of its own, as it does an elector's. -test-clock-offset and
+// -test-clock-rate run that Transport's Lease logic on a skewed clock
+// (kube.WithTestClock, fault tests only); the SDK's deadlines stay on the
+// machine's clock. SIGTERM closes the Transport after the last term.
 //
 // For each lock of -locks it loops: Lock, hold for a random time up to
 // -hold-max (or the duration after the lock's name and a colon) while
@@ -50,6 +62,7 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/kube"
 	"github.com/mpsync/mpsync/test/faults/history"
 )
 
@@ -67,6 +80,7 @@ func main() { os.Exit(run()) }
 
 type client struct {
 	elector    string
+	transport  *kube.Transport // with -kubeconfig: every lock and election uses it
 	name       string
 	holdMax    time.Duration
 	runMax     time.Duration
@@ -94,13 +108,24 @@ func run() int {
 	fs.DurationVar(&c.runMax, "run-max", 3*time.Second, "longest `time` an Election runs before it is stopped")
 	fs.DurationVar(&c.staleExtra, "stale-extra", 0, "test-only: record lost or expired terms as ending this `much` later")
 	fs.BoolVar(&c.abandon, "abandon", false, abandonUsage)
+	kubeconfig := fs.String("kubeconfig", "", "in-process: keep the locks as Leases through this `kubeconfig` (kube.NewTransport), with no elector")
+	namespace := fs.String("namespace", "", "in-process: the Leases' `namespace`")
+	leaseDur := fs.Duration("lease", 15*time.Second, "in-process: the lease `duration` (kube.WithLeaseDuration)")
+	clockOffset := fs.Duration("test-clock-offset", 0, "in-process, fault tests only: run the Lease logic on a clock this `duration` ahead of the machine's")
+	clockRate := fs.Float64("test-clock-rate", 1, "in-process, fault tests only: run the Lease logic on a clock this many times as fast as the machine's (`rate` 0.5 to 2)")
 	randStart := fs.Uint64("rand", 0, "start `value` of the random choices, to repeat a run (0: from the clock)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
 	switch {
-	case c.elector == "" || c.name == "" || *histPath == "":
-		fmt.Fprintln(os.Stderr, "client: -elector, -name and -history are required")
+	case (c.elector == "") == (*kubeconfig == "") || c.name == "" || *histPath == "":
+		fmt.Fprintln(os.Stderr, "client: -name, -history and one of -elector and -kubeconfig are required")
+		return 2
+	case *kubeconfig != "" && (*namespace == "" || c.abandon):
+		fmt.Fprintln(os.Stderr, "client: -kubeconfig needs -namespace, and takes no -abandon")
+		return 2
+	case *kubeconfig == "" && (*namespace != "" || *clockOffset != 0 || *clockRate != 1):
+		fmt.Fprintln(os.Stderr, "client: -namespace and the test clock flags go with -kubeconfig")
 		return 2
 	case *locks == "" && *elections == "":
 		fmt.Fprintln(os.Stderr, "client: give -locks or -elections")
@@ -127,6 +152,12 @@ func run() int {
 	}
 	c.mono = history.NewMono()
 	c.w = history.NewWriter(f)
+	if *kubeconfig != "" {
+		if c.transport, err = newTransport(*kubeconfig, *namespace, c.name, *leaseDur, *clockOffset, *clockRate); err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 2
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -150,6 +181,13 @@ func run() int {
 		wg.Go(func() { c.electionLoop(ctx, name, rng) })
 	}
 	wg.Wait()
+	if c.transport != nil {
+		// Every Lock is unlocked and every Election over: Close releases
+		// nothing that a term still uses.
+		if err := c.transport.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "client %s: closing the in-process transport: %v\n", c.name, err)
+		}
+	}
 	c.ends.Wait()
 	if err := f.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)
@@ -161,6 +199,28 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// newTransport is the in-process transport of -kubeconfig.
+func newTransport(kubeconfig, ns, name string, lease, offset time.Duration, rate float64) (*kube.Transport, error) {
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	opts := []kube.Option{kube.WithName(name), kube.WithLeaseDuration(lease)}
+	if offset != 0 || rate != 1 {
+		opts = append(opts, kube.WithTestClock(offset, rate))
+	}
+	return kube.NewTransport(rc, ns, opts...)
+}
+
+// via is the option that makes a Lock or Election use this client's
+// elector, or its in-process transport.
+func (c *client) via() mpsync.Option {
+	if c.transport != nil {
+		return mpsync.WithTransport(c.transport)
+	}
+	return mpsync.WithElector(c.elector)
 }
 
 // lockSpec is one lock of -locks.
@@ -208,7 +268,7 @@ func pause(ctx context.Context, d time.Duration) {
 
 // lockLoop holds the lock name over and over until ctx ends.
 func (c *client) lockLoop(ctx context.Context, name string, holdMax time.Duration, rng *rand.Rand) {
-	lk, err := mpsync.NewLock(name, mpsync.WithElector(c.elector), mpsync.WithIdentity(c.name))
+	lk, err := mpsync.NewLock(name, c.via(), mpsync.WithIdentity(c.name))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		c.failed.Store(true)
@@ -261,7 +321,7 @@ func work(held context.Context, d time.Duration) {
 // ctx ends.
 func (c *client) electionLoop(ctx context.Context, name string, rng *rand.Rand) {
 	for ctx.Err() == nil {
-		el, err := mpsync.NewElection(name, mpsync.WithElector(c.elector), mpsync.WithIdentity(c.name))
+		el, err := mpsync.NewElection(name, c.via(), mpsync.WithIdentity(c.name))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "client:", err)
 			c.failed.Store(true)
