@@ -429,8 +429,9 @@ const inprocBackend = "in-process"
 
 // roundTrips runs one locker in roundtrip mode for d, pausing for interval
 // after each round trip, trials times, each through a fresh elector on
-// backend (or, for inprocBackend, in-process on Kubernetes): per trial, the median and 99th percentile Lock+Unlock round trip
-// in seconds and the round trips per second.
+// backend (or, for inprocBackend, in-process on Kubernetes): per trial,
+// the median and 99th percentile Lock+Unlock round trip in seconds and the
+// round trips per second.
 func (h *harness) roundTrips(ctx context.Context, backend string, trials int, d, interval time.Duration) (p50s, p99s, rates []float64, err error) {
 	for i := range trials {
 		g, err := h.newGroup("roundtrip-" + backend)
