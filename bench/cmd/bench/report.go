@@ -121,7 +121,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("mpsync in-process is `kube.NewTransport(cfg, ns, kube.WithLeaseDuration(%v))` with its default client-side limit (%d/s, burst %d), one Transport per candidate process, no elector: the same process model as client-go's, on the same kind of Lease.", o.lease, kube.DefaultQPS, kube.DefaultBurst)
 	p("")
 	p("%s", inprocTable(r, o).Markdown())
-	p("A crashed in-process holder's lock is taken about one lease duration after its last renewal: nothing is left to release it, where an elector notices its client's connection drop (the mpsync column of the table above).")
+	p("A crashed in-process holder's lock is taken about one lease duration after its last renewal: nothing is left to release it. A sidecar elector that outlives its crashed client notices the connection drop and releases at once; that case is not timed here (the crash failover above kills the elector too, as a pod crash does).")
 	p("")
 
 	p("### mpsync's lock path")
