@@ -4,7 +4,8 @@
 # bin/bench/, builds (cached after the first time) and starts a real
 # kube-apiserver and etcd on loopback, and runs bin/bench/bench, which
 # creates a namespace, applies examples/kubernetes/rbac.yaml in it, measures
-# client-go's leader election and mpsync's side by side, prints the table
+# client-go's leader election, mpsync's through electors and mpsync's
+# in-process (kube.NewTransport) side by side, prints the table
 # and writes it into docs/BENCHMARKS.md. The control plane is stopped
 # whatever happens. Takes about 25 minutes on 2 cores; not part of
 # `make test`.
@@ -40,7 +41,7 @@ FLAGS=(${BENCH_FLAGS:-})
 [[ -z ${BENCH_FLAGS:-} ]] || COMMAND="BENCH_FLAGS='$BENCH_FLAGS' $COMMAND"
 
 step "build the benchmark programs into bin/bench/"
-(cd bench && GOWORK=off $GO build -o ../bin/bench/ ./cmd/bench ./cmd/clientgo-candidate ./cmd/mpsync-candidate ./cmd/mpsync-locker)
+(cd bench && GOWORK=off $GO build -o ../bin/bench/ ./cmd/bench ./cmd/clientgo-candidate ./cmd/mpsync-candidate ./cmd/inproc-candidate ./cmd/mpsync-locker)
 
 step "control plane: build (cached after the first run)"
 hack/controlplane/build.sh >/dev/null

@@ -3,6 +3,12 @@ package main
 import (
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mpsync/mpsync/bench/internal/measure"
 )
 
 func TestLoadArithmetic(t *testing.T) {
@@ -33,4 +39,48 @@ func TestLoadArithmetic(t *testing.T) {
 	if got, want := verbs(quiet), []string{"PUT"}; !slices.Equal(got, want) {
 		t.Errorf("verbs of quiet = %v, want %v (GET is all zeros)", got, want)
 	}
+}
+
+// cell returns the cell in column col of the row of t whose first cell is
+// name, failing the test if there is none.
+func cell(t *testing.T, tb measure.Table, name string, col int) string {
+	t.Helper()
+	for _, r := range tb.Rows {
+		if r[0] == name {
+			require.Greater(t, len(r), col, "row %q", name)
+			return r[col]
+		}
+	}
+	require.Failf(t, "no row", "%q in %v", name, tb.Rows)
+	return ""
+}
+
+func TestInprocTable(t *testing.T) {
+	o := options{lease: 15 * time.Second, window: time.Minute, loadWindows: 2, kubePace: 50 * time.Millisecond, rtDuration: 3 * time.Second}
+	r := newResults()
+	r.handover["client-go"] = []float64{2, 1, 3}
+	r.handover["in-process"] = []float64{0.02, 0.01, 0.03}
+	r.expiry["client-go"] = []float64{16, 17}
+	r.expiry["in-process"] = []float64{15.05, 15.07}
+	r.quiet = []window{{perMin: map[string]float64{"PUT": 2}}, {perMin: map[string]float64{"PUT": 2}}}
+	r.load["client-go"] = []window{{perMin: map[string]float64{"PUT": 62}, cpu: 0.01, rss: 40 << 20}, {perMin: map[string]float64{"PUT": 62}, cpu: 0.03, rss: 44 << 20}}
+	r.load["in-process"] = []window{{perMin: map[string]float64{"PUT": 8}, cpu: 0.002, rss: 30 << 20}, {perMin: map[string]float64{"PUT": 8}, cpu: 0.004, rss: 30 << 20}}
+	r.floor = 0.004
+	r.rtt[inprocBackend] = []float64{0.009, 0.010, 0.011}
+	tb := inprocTable(r, o)
+
+	handover := "graceful handover: SIGTERM to the leader → next leader, s"
+	assert.Equal(t, "2.000 [1.000–3.000]", cell(t, tb, handover, 1))
+	assert.Equal(t, "0.020 [0.010–0.030]", cell(t, tb, handover, 2))
+	assert.Equal(t, "0.010", cell(t, tb, handover, 3))
+	assert.Equal(t, "0.060 [0.050–0.070]", cell(t, tb, "  the same less the lease (15.0), s", 2))
+	load := "idle API load, 3 candidates: lease requests/min, net (2 × 1m0s)"
+	assert.Equal(t, "60.0 [60.0–60.0]", cell(t, tb, load, 1))
+	assert.Equal(t, "6.0 [6.0–6.0]", cell(t, tb, load, 2))
+	assert.Equal(t, "0.100", cell(t, tb, load, 3))
+	assert.Equal(t, "0.30 [0.20–0.40]", cell(t, tb, "idle candidate process CPU, % of one core (mean of the three, per window)", 2))
+	assert.Equal(t, "42.0 [40.0–44.0]", cell(t, tb, "idle candidate process resident memory, MiB (the largest of the three, end of each window)", 1))
+	rt := "Lock+Unlock round trip in-process, uncontended, one every 50ms, p50 of each 3s trial, ms"
+	assert.Equal(t, "10.00 [9.00–11.00]", cell(t, tb, rt, 2))
+	assert.Equal(t, "1.25 × the two-write floor (2 × 4.00 ms)", cell(t, tb, rt, 3))
 }

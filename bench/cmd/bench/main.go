@@ -60,7 +60,7 @@ func parseFlags() options {
 	var o options
 	flag.StringVar(&o.controlplane, "controlplane", "", "the env `file` that hack/controlplane/start.sh wrote (required)")
 	flag.StringVar(&o.elector, "elector", "bin/elector", "the elector `binary`")
-	flag.StringVar(&o.bin, "bin", "bin/bench", "`directory` of clientgo-candidate, mpsync-candidate and mpsync-locker")
+	flag.StringVar(&o.bin, "bin", "bin/bench", "`directory` of clientgo-candidate, mpsync-candidate, inproc-candidate and mpsync-locker")
 	flag.StringVar(&o.rbac, "rbac", "examples/kubernetes/rbac.yaml", "RBAC `manifest` applied in the namespace")
 	flag.StringVar(&o.namespace, "namespace", "mpsync-bench", "`namespace` for the Leases")
 	flag.StringVar(&o.out, "out", "docs/BENCHMARKS.md", "Markdown `file` to write the results into (between markers); empty: do not write")
@@ -202,8 +202,9 @@ func newHarness(ctx context.Context, o options, began time.Time) (*harness, erro
 	}, nil
 }
 
-// lockPath measures mpsync's lock path through one elector: handovers and
-// round trips on the memory backend, round trips on Kubernetes.
+// lockPath measures mpsync's lock path: through one elector, handovers and
+// round trips on the memory backend; round trips on Kubernetes
+// in-process (kube.NewTransport) and through one elector.
 func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	progress("memory backend: %d lock handovers", o.memHandovers)
 	hs, err := h.memoryHandover(ctx, o.memHandovers)
@@ -213,6 +214,14 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	p50s, p99s, rates, err := h.roundTrips(ctx, "memory", o.rtTrials, o.rtDuration, 0)
 	r.record(ctx, "roundtrip-memory", err)
 	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
+	progress("in-process: %d × %v of Lock+Unlock round trips through kube.NewTransport, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, o.kubePace)
+	if r.record(ctx, "roundtrip-"+inprocBackend, err) {
+		r.rtt[inprocBackend], r.rtt99[inprocBackend] = p50s, p99s
+		_, _, rates, err := h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, 0)
+		r.record(ctx, "roundtrip-"+inprocBackend, err)
+		r.rate[inprocBackend] = rates
+	}
 	if h.mpsyncErr != nil {
 		return
 	}

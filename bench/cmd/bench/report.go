@@ -90,7 +90,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("- Command: `%s`", o.command)
 	p("- Machine: %d CPUs (nproc), %s, %s memory, %s/%s", in.nproc, in.cpu, in.memory, runtime.GOOS, runtime.GOARCH)
 	p("- Versions: %s, k8s.io/client-go %s, kube-apiserver %s, etcd %s, mpsync %s", in.goVersion, in.clientGo, in.kube, in.etcd, in.mpsyncRev)
-	p("- Settings: lease duration %v for both; client-go renew deadline %v, retry period %v, `LeaseLock`, `ReleaseOnCancel: true`; mpsync one elector per candidate, `--backend=kubernetes --lease-duration=%v` (default log level, JSON logs to a file); every candidate and elector a separate process on this machine; times from CLOCK_MONOTONIC; before each signal a random wait of 1 s plus up to %v, from `-rand %d`",
+	p("- Settings: lease duration %v for both; client-go renew deadline %v, retry period %v, `LeaseLock`, `ReleaseOnCancel: true`; mpsync one elector per candidate, `--backend=kubernetes --lease-duration=%v` (default log level, JSON logs to a file); mpsync in-process one `kube.NewTransport` per candidate; every candidate and elector a separate process on this machine; times from CLOCK_MONOTONIC; before each signal a random wait of 1 s plus up to %v, from `-rand %d`",
 		o.lease, o.renew, o.retry, o.lease, h.phaseSpread(), o.randStart)
 	p("- Figures: median [min–max] over the trials; ratios are of the medians, mpsync / client-go")
 	p("")
@@ -114,6 +114,14 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("Idle load is net of the quiet baseline: the API server alone, no candidates, made %s lease requests/min (%s) over %d × %v.",
 		measure.Summarize(totals(r.quiet, nil)).Format(rate, 1), verbSummary(r.quiet), len(r.quiet), o.window)
 	p("Watches show up in `apiserver_request_total` only when they end; \"open lease watches\" is the `apiserver_longrunning_requests` gauge at the end of each window, net of the baseline.")
+	p("")
+
+	p("### In-process: mpsync's Lease logic in the candidate's own process, beside client-go")
+	p("")
+	p("mpsync in-process is `kube.NewTransport(cfg, ns, kube.WithLeaseDuration(%v))` with its default client-side limit (%d/s, burst %d), one Transport per candidate process, no elector: the same process model as client-go's, on the same kind of Lease.", o.lease, kube.DefaultQPS, kube.DefaultBurst)
+	p("")
+	p("%s", inprocTable(r, o).Markdown())
+	p("A crashed in-process holder's lock is taken about one lease duration after its last renewal: nothing is left to release it. A sidecar elector that outlives its crashed client notices the connection drop and releases at once; that case is not timed here (the crash failover above kills the elector too, as a pod crash does).")
 	p("")
 
 	p("### mpsync's lock path")
@@ -140,21 +148,28 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		}
 		p("- %s: %s", name, strings.Join(s, ", "))
 	}
-	for _, sys := range []string{"client-go", "mpsync"} {
+	allSystems := []string{clientGo.name, mpsyncSys.name, inprocSys.name}
+	for _, sys := range allSystems {
 		list("graceful handover, "+sys+", s", r.handover[sys], 1, secs)
 	}
-	for _, sys := range []string{"client-go", "mpsync"} {
+	for _, sys := range allSystems {
 		list("crash failover, "+sys+", s", r.failover[sys], 1, secs)
 	}
-	for _, sys := range []string{"client-go", "mpsync"} {
+	for _, sys := range allSystems {
 		list("crash failover from the last renewal, "+sys+", s", r.expiry[sys], 1, secs)
 	}
 	list("quiet baseline, lease requests/min", totals(r.quiet, nil), 1, rate)
-	for _, sys := range []string{"client-go", "mpsync"} {
+	for _, sys := range allSystems {
 		list("idle load, "+sys+", lease requests/min (net)", totals(r.load[sys], r.quiet), 1, rate)
 	}
+	for _, sys := range allSystems {
+		list("idle candidate CPU, "+sys+", % of one core", cpus(r.load[sys]), 1e-2, "%.2f")
+	}
+	for _, sys := range allSystems {
+		list("idle candidate resident memory, "+sys+", MiB", rsses(r.load[sys]), 1<<20, rate)
+	}
 	list("memory backend handover, ms", r.memHandover, 1e-3, msec)
-	for _, backend := range []string{"memory", "kubernetes"} {
+	for _, backend := range []string{"memory", "kubernetes", inprocBackend} {
 		list(backend+" backend Lock+Unlock p50 per trial, ms", r.rtt[backend], 1e-3, msec)
 		list(backend+" backend Lock+Unlock p99 per trial, ms", r.rtt99[backend], 1e-3, msec)
 		list(backend+" backend round trips per second", r.rate[backend], 1, rate)
@@ -201,7 +216,81 @@ func electionTable(r *results, h *harness, o options) measure.Table {
 		row("  of which "+v, byVerb(r.load["client-go"], r.quiet, v), byVerb(r.load["mpsync"], r.quiet, v), rate, "")
 	}
 	row("  open lease watches (gauge)", watches(r.load["client-go"], r.quiet), watches(r.load["mpsync"], r.quiet), "%.0f", "")
+	a, b := measure.Summarize(cpus(r.load["client-go"])), measure.Summarize(cpus(r.load["mpsync"]))
+	t.Rows = append(t.Rows, []string{"idle candidate CPU, % of one core (mpsync: candidate and its elector)", a.Format("%.2f", 1e-2), na(b, "%.2f", 1e-2), measure.Ratio(b, a, "%.2f"), ""})
+	a, b = measure.Summarize(rsses(r.load["client-go"])), measure.Summarize(rsses(r.load["mpsync"]))
+	t.Rows = append(t.Rows, []string{"idle candidate resident memory, MiB (mpsync: candidate and its elector)", a.Format(rate, 1<<20), na(b, rate, 1<<20), measure.Ratio(b, a, "%.2f"), ""})
 	return t
+}
+
+// inprocTable is the table of mpsync in-process (kube.NewTransport) beside
+// client-go, both measured in this run, with the goals of issue 14.
+func inprocTable(r *results, o options) measure.Table {
+	cg, ip := clientGo.name, inprocSys.name
+	t := measure.Table{Header: []string{"measurement", "client-go", "mpsync in-process", "in-process / client-go", "goal (issue 14)"}}
+	row := func(name string, a, b []float64, f string, unit float64, ratio, goal string) {
+		sa, sb := measure.Summarize(a), measure.Summarize(b)
+		if ratio == "" {
+			ratio = measure.Ratio(sb, sa, "%.3f")
+		}
+		t.Rows = append(t.Rows, []string{name, sa.Format(f, unit), sb.Format(f, unit), ratio, goal})
+	}
+	d := o.lease.Seconds()
+	less := func(xs []float64) []float64 {
+		out := make([]float64, len(xs))
+		for i, x := range xs {
+			out[i] = x - d
+		}
+		return out
+	}
+	row("graceful handover: SIGTERM to the leader → next leader, s", r.handover[cg], r.handover[ip], secs, 1, "",
+		"p50 ≤ 0.025, ≥ 50× faster (ratio ≤ 0.020)")
+	row("crash failover: SIGKILL to the leader → next leader, s", r.failover[cg], r.failover[ip], secs, 1, "", "")
+	row("crash failover: the dead leader's last renewal (seen by a watch) → next leader, s", r.expiry[cg], r.expiry[ip], secs, 1, "",
+		fmt.Sprintf("within 0.1 of the lease (%.1f)", d))
+	row(fmt.Sprintf("  the same less the lease (%.1f), s", d), less(r.expiry[cg]), less(r.expiry[ip]), secs, 1, "—", "≤ 0.100")
+	row(fmt.Sprintf("idle API load, 3 candidates: lease requests/min, net (%d × %v)", o.loadWindows, o.window),
+		totals(r.load[cg], r.quiet), totals(r.load[ip], r.quiet), rate, 1, "", "≤ 1/5 of client-go (ratio ≤ 0.200)")
+	for _, v := range verbs(r.quiet, r.load[cg], r.load[ip]) {
+		row("  of which "+v, byVerb(r.load[cg], r.quiet, v), byVerb(r.load[ip], r.quiet, v), rate, 1, "", "")
+	}
+	row("  open lease watches (gauge)", watches(r.load[cg], r.quiet), watches(r.load[ip], r.quiet), "%.0f", 1, "", "")
+	row("idle candidate process CPU, % of one core (mean of the three, per window)", cpus(r.load[cg]), cpus(r.load[ip]), "%.2f", 1e-2, "", "report")
+	row("idle candidate process resident memory, MiB (the largest of the three, end of each window)", rsses(r.load[cg]), rsses(r.load[ip]), rate, 1<<20, "", "report")
+
+	// The lock path has no client-go counterpart: its ratio is to the
+	// floor of two conditional Lease updates (acquire and release).
+	rt := measure.Summarize(r.rtt[inprocBackend])
+	floorRatio := "n/a"
+	if rt.N > 0 && r.floor > 0 {
+		floorRatio = fmt.Sprintf("%.2f × the two-write floor (2 × %.2f ms)", rt.Median/(2*r.floor), r.floor*1e3)
+	}
+	t.Rows = append(t.Rows,
+		[]string{fmt.Sprintf("Lock+Unlock round trip in-process, uncontended, one every %v, p50 of each %v trial, ms", o.kubePace, o.rtDuration),
+			"(no lock)", rt.Format(msec, 1e-3), floorRatio, "≤ 1.25 × the two-write floor"},
+		[]string{fmt.Sprintf("  the same, p99 of each %v trial, ms", o.rtDuration), "", measure.Summarize(r.rtt99[inprocBackend]).Format(msec, 1e-3), "", ""},
+		[]string{"  back-to-back round trips per second, one client (client-side limit as shipped)", "", measure.Summarize(r.rate[inprocBackend]).Format(rate, 1), "", ""},
+	)
+	return t
+}
+
+// cpus returns the candidates' CPU of each window of ws, in cores.
+func cpus(ws []window) []float64 {
+	var out []float64
+	for _, w := range ws {
+		out = append(out, w.cpu)
+	}
+	return out
+}
+
+// rsses returns the largest candidate's resident memory at the end of each
+// window of ws, in bytes.
+func rsses(ws []window) []float64 {
+	var out []float64
+	for _, w := range ws {
+		out = append(out, w.rss)
+	}
+	return out
 }
 
 func lockTable(r *results, h *harness, o options) measure.Table {

@@ -55,14 +55,16 @@ type system struct {
 
 var clientGo = system{name: "client-go", short: "cg", start: (*harness).startClientGo}
 var mpsyncSys = system{name: "mpsync", short: "mp", start: (*harness).startMpsync}
+var inprocSys = system{name: "in-process", short: "ip", start: (*harness).startInproc}
 
-// systems returns the systems that can run: client-go always, mpsync when
-// its elector's Kubernetes backend works.
+// systems returns the systems that can run: client-go and mpsync
+// in-process always, mpsync through electors when the elector's
+// Kubernetes backend works.
 func (h *harness) systems() []system {
 	if h.mpsyncErr != nil {
-		return []system{clientGo}
+		return []system{clientGo, inprocSys}
 	}
-	return []system{clientGo, mpsyncSys}
+	return []system{clientGo, mpsyncSys, inprocSys}
 }
 
 func (h *harness) newGroup(what string) (*group, error) {
@@ -85,6 +87,23 @@ func (h *harness) startMpsync(g *group, lease, id string) (member, error) {
 	p, err := g.start("candidate-"+id, false, filepath.Join(h.bin, "mpsync-candidate"),
 		"-elector", addr, "-name", lease, "-identity", id)
 	return member{cand: p, elector: el}, err
+}
+
+// startInproc starts an mpsync candidate that keeps its Lease through
+// kube.NewTransport in its own process: no elector.
+func (h *harness) startInproc(g *group, lease, id string) (member, error) {
+	p, err := g.start("candidate-"+id, false, filepath.Join(h.bin, "inproc-candidate"),
+		"-kubeconfig", h.c.electorCfg, "-namespace", h.ns, "-name", lease, "-identity", id,
+		"-lease-duration", h.lease.String())
+	return member{cand: p}, err
+}
+
+// procs returns the processes of m: its candidate and its elector if any.
+func (m member) procs() []*proc {
+	if m.elector == nil {
+		return []*proc{m.cand}
+	}
+	return []*proc{m.cand, m.elector}
 }
 
 // startElector starts an elector on a free loopback port and waits until
@@ -231,11 +250,15 @@ func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool) (lead
 	return res, nil
 }
 
-// window is one idle-load window: lease requests per minute by verb, and
-// the open lease watches at its end.
+// window is one idle-load window: lease requests per minute by verb, the
+// open lease watches at its end, and (with candidates) what each
+// candidate used: its process and, for mpsync through electors, its
+// elector's too.
 type window struct {
 	perMin  map[string]float64
 	watches float64
+	cpu     float64 // CPU time over the window / its length, mean of the candidates (1 = one core)
+	rss     float64 // resident memory at its end, bytes, the largest candidate
 }
 
 // loadWindows measures n consecutive windows of length d with three idle
@@ -251,9 +274,9 @@ func (h *harness) loadWindows(ctx context.Context, sys *system, n int, d time.Du
 		return nil, err
 	}
 	defer g.stop(stopGrace)
+	var ms []member
 	if sys != nil {
 		lease := fmt.Sprintf("load-%s-%d", sys.short, h.trial)
-		var ms []member
 		for _, id := range []string{"a", "b", "c"} {
 			m, err := sys.start(h, g, lease, id)
 			if err != nil {
@@ -290,6 +313,10 @@ func (h *harness) loadWindows(ctx context.Context, sys *system, n int, d time.Du
 	if err != nil {
 		return nil, err
 	}
+	use0, err := memberUsages(ms)
+	if err != nil {
+		return nil, err
+	}
 	var out []window
 	for range n {
 		if err := sleep(ctx, d); err != nil {
@@ -299,13 +326,39 @@ func (h *harness) loadWindows(ctx context.Context, sys *system, n int, d time.Du
 		if err != nil {
 			return nil, err
 		}
-		mins := float64(after.mono-before.mono) / 1e9 / 60
+		use1, err := memberUsages(ms)
+		if err != nil {
+			return nil, err
+		}
+		secs := float64(after.mono-before.mono) / 1e9
 		perMin := measure.Delta(after.requests, before.requests)
 		for k := range perMin {
-			perMin[k] /= mins
+			perMin[k] /= secs / 60
 		}
-		out = append(out, window{perMin: perMin, watches: after.watches})
-		before = after
+		w := window{perMin: perMin, watches: after.watches}
+		for i := range use1 {
+			w.cpu += (use1[i].CPU - use0[i].CPU).Seconds() / secs / float64(len(use1))
+			w.rss = max(w.rss, float64(use1[i].RSS))
+		}
+		out = append(out, w)
+		before, use0 = after, use1
+	}
+	return out, nil
+}
+
+// memberUsages reads what each of ms has used so far, its processes'
+// Usages added up.
+func memberUsages(ms []member) ([]measure.Usage, error) {
+	out := make([]measure.Usage, len(ms))
+	for i, m := range ms {
+		us, err := usages(m.procs())
+		if err != nil {
+			return nil, err
+		}
+		for _, u := range us {
+			out[i].RSS += u.RSS
+			out[i].CPU += u.CPU
+		}
 	}
 	return out, nil
 }
@@ -370,10 +423,15 @@ func (h *harness) memoryHandover(ctx context.Context, n int) ([]float64, error) 
 	return out, nil
 }
 
+// inprocBackend is the backend argument of roundTrips for a locker that
+// keeps its Lease in-process (kube.NewTransport), with no elector.
+const inprocBackend = "in-process"
+
 // roundTrips runs one locker in roundtrip mode for d, pausing for interval
 // after each round trip, trials times, each through a fresh elector on
-// backend: per trial, the median and 99th percentile Lock+Unlock round trip
-// in seconds and the round trips per second.
+// backend (or, for inprocBackend, in-process on Kubernetes): per trial,
+// the median and 99th percentile Lock+Unlock round trip in seconds and the
+// round trips per second.
 func (h *harness) roundTrips(ctx context.Context, backend string, trials int, d, interval time.Duration) (p50s, p99s, rates []float64, err error) {
 	for i := range trials {
 		g, err := h.newGroup("roundtrip-" + backend)
@@ -382,13 +440,18 @@ func (h *harness) roundTrips(ctx context.Context, backend string, trials int, d,
 		}
 		p50, p99, rate, err := func() (float64, float64, float64, error) {
 			defer g.stop(stopGrace)
-			_, addr, err := h.startElector(g, "elector", backend, "bench-roundtrip")
-			if err != nil {
-				return 0, 0, 0, err
+			via := []string{"-kubeconfig", h.c.electorCfg, "-namespace", h.ns, "-lease-duration", h.lease.String()}
+			if backend != inprocBackend {
+				_, addr, err := h.startElector(g, "elector", backend, "bench-roundtrip")
+				if err != nil {
+					return 0, 0, 0, err
+				}
+				via = []string{"-elector", addr}
 			}
-			p, err := g.start("locker", false, filepath.Join(h.bin, "mpsync-locker"),
-				"-elector", addr, "-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
-				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())
+			argv := append([]string{filepath.Join(h.bin, "mpsync-locker")}, via...)
+			p, err := g.start("locker", false, append(argv,
+				"-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
+				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())...)
 			if err != nil {
 				return 0, 0, 0, err
 			}

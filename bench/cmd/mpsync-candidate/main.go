@@ -14,15 +14,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/bench/internal/campaign"
 	"github.com/mpsync/mpsync/bench/internal/measure"
 )
 
@@ -51,40 +50,5 @@ func run(ctx context.Context, elector, name, id string) error {
 	if err != nil {
 		return err
 	}
-	_ = measure.Emit(os.Stdout, measure.EventStarted, id)
-	runErr := make(chan error, 1)
-	go func() { runErr <- el.Run(ctx) }()
-
-	var term <-chan struct{} // the current term's Done, nil when not leading
-	events := el.Events()
-	for events != nil {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			switch ev.Role {
-			case mpsync.Leader:
-				_ = measure.Emit(os.Stdout, measure.EventLeading, id, "token", strconv.FormatUint(ev.Token, 10))
-				term = ev.Context.Done()
-			case mpsync.Follower:
-				if term != nil {
-					_ = measure.Emit(os.Stdout, measure.EventStopped, id)
-					term = nil
-				}
-				_ = measure.Emit(os.Stdout, measure.EventFollowing, id, "leader", ev.Leader)
-			}
-		case <-term:
-			_ = measure.Emit(os.Stdout, measure.EventStopped, id)
-			term = nil
-		}
-	}
-	if term != nil {
-		_ = measure.Emit(os.Stdout, measure.EventStopped, id)
-	}
-	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return nil
+	return campaign.Run(ctx, os.Stdout, el, id)
 }

@@ -8,6 +8,11 @@
 //	mpsync-locker -elector ADDR -name LOCK -identity ID -mode contend -record FILE [-hold 0]
 //	mpsync-locker -elector ADDR -name PREFIX -identity ID -mode hold -locks N
 //
+// With -kubeconfig FILE [-namespace NS] [-lease-duration D] instead of
+// -elector it takes its lock in-process, through kube.NewTransport (named
+// pod-ID), with no elector; every mode but hold works so. It closes the
+// transport before it exits.
+//
 // In handover mode it obeys commands on stdin, one a line: "lock" calls
 // Lock (it prints waiting, then acquired when Lock returns), "unlock" calls
 // Unlock (it prints unlocking, then unlocked). It starts by locking. EOF on
@@ -54,10 +59,14 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/kube"
 )
 
 func main() {
-	elector := flag.String("elector", "", "elector `address` (required)")
+	elector := flag.String("elector", "", "elector `address` (this or -kubeconfig is required)")
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig `file`: take the lock in-process through kube.NewTransport, not through an elector")
+	namespace := flag.String("namespace", "default", "`namespace` of the Leases with -kubeconfig")
+	lease := flag.Duration("lease-duration", kube.DefaultLeaseDuration, "lease duration with -kubeconfig (kube.WithLeaseDuration)")
 	name := flag.String("name", "bench-lock", "`name` of the lock")
 	identity := flag.String("identity", "", "this locker's `identity` (required)")
 	mode := flag.String("mode", "handover", "handover or roundtrip")
@@ -69,12 +78,25 @@ func main() {
 	concurrency := flag.Int("concurrency", 32, "most Lock calls at once in hold mode")
 	keepGoing := flag.Bool("keep-going", false, "in hold mode, count a Lock that fails and go on, instead of exiting")
 	flag.Parse()
-	if flag.NArg() > 0 || *elector == "" || *identity == "" || *duration <= 0 || *interval < 0 || *hold < 0 ||
+	if flag.NArg() > 0 || (*elector == "") == (*kubeconfig == "") || (*kubeconfig != "" && *mode == "hold") || *identity == "" || *duration <= 0 || *interval < 0 || *hold < 0 ||
 		*locks < 1 || *concurrency < 1 || (*mode == "contend" && *record == "") {
 		flag.Usage()
 		os.Exit(2)
 	}
-	lock, err := mpsync.NewLock(*name, mpsync.WithElector(*elector), mpsync.WithIdentity(*identity))
+	via := mpsync.WithElector(*elector)
+	var tr *kube.Transport
+	if *kubeconfig != "" {
+		cfg, err := kube.RESTConfig(*kubeconfig)
+		if err == nil {
+			tr, err = kube.NewTransport(cfg, *namespace, kube.WithLeaseDuration(*lease), kube.WithName("pod-"+*identity))
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mpsync-locker:", err)
+			os.Exit(2)
+		}
+		via = mpsync.WithTransport(tr)
+	}
+	lock, err := mpsync.NewLock(*name, via, mpsync.WithIdentity(*identity))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mpsync-locker:", err)
 		os.Exit(2)
@@ -92,6 +114,9 @@ func main() {
 		err = holdMany(ctx, *elector, *name, *identity, *locks, *concurrency, *keepGoing)
 	default:
 		err = fmt.Errorf("unknown -mode %q", *mode)
+	}
+	if tr != nil {
+		err = errors.Join(err, tr.Close())
 	}
 	if err != nil {
 		_ = measure.Emit(os.Stdout, measure.EventExiting, *identity, "err", err.Error())
