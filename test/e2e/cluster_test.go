@@ -363,6 +363,19 @@ func first(entries []electorEntry, msg, name string) (electorEntry, bool) {
 	return electorEntry{}, false
 }
 
+// lastBefore is the last of entries with message msg (for lock name, if
+// not "") logged at or before t.
+func lastBefore(entries []electorEntry, msg, name string, t time.Time) (electorEntry, bool) {
+	var found electorEntry
+	ok := false
+	for _, e := range entries {
+		if e.Msg == msg && (name == "" || e.Name == name) && !e.Time.After(t) {
+			found, ok = e, true
+		}
+	}
+	return found, ok
+}
+
 // The election example's lines: "HH:MM:SS.mmm ID: message".
 var (
 	leaderLine   = regexp.MustCompile(`: I am the leader \(token (\d+)\)$`)
