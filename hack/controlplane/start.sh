@@ -25,11 +25,18 @@
 #   etcd-data/, certs/, tokens.csv, sa.key, sa.pub
 #
 # Environment: MPSYNC_CACHE (see build.sh), MPSYNC_START_TIMEOUT (seconds to
-# wait for each of etcd and the API server to be ready; default 120).
+# wait for each of etcd and the API server to be ready; default 120),
+# MPSYNC_ETCD_FSYNC (1: etcd syncs its log to disk on every commit, as
+# clusters run it; the benchmarks set it. Default 0: --unsafe-no-fsync,
+# which the tests use because they measure nothing and a slow disk would
+# only slow them down).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 timeout=${MPSYNC_START_TIMEOUT:-120}
+
+fsync_flags=(--unsafe-no-fsync)
+[[ ${MPSYNC_ETCD_FSYNC:-0} != 1 ]] || fsync_flags=()
 
 log() { printf 'controlplane/start: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -146,7 +153,7 @@ for attempt in 1 2 3; do
     --initial-advertise-peer-urls="$peer_url" \
     --initial-cluster="mpsync=$peer_url" \
     --initial-cluster-state=new \
-    --unsafe-no-fsync \
+    "${fsync_flags[@]}" \
     --log-level=warn)
   echo "$etcd_pid" >"$dir/etcd.pid"
   rc=0

@@ -221,7 +221,23 @@ func (c *cluster) etcdVersion(ctx context.Context) string {
 	if json.NewDecoder(resp.Body).Decode(&v) != nil || v.Server == "" {
 		return "unknown"
 	}
-	return "v" + v.Server
+	return "v" + v.Server + c.etcdSync()
+}
+
+// etcdSync says, from the running etcd's own command line, whether it syncs
+// its log to disk on every commit, as clusters run it: ", fsync on" or
+// ", fsync off (--unsafe-no-fsync)"; empty if its process cannot be read.
+func (c *cluster) etcdSync() string {
+	cmdline, err := os.ReadFile("/proc/" + c.env["MPSYNC_ETCD_PID"] + "/cmdline")
+	if err != nil || len(cmdline) == 0 {
+		return ""
+	}
+	for _, arg := range strings.Split(string(cmdline), "\x00") {
+		if arg == "--unsafe-no-fsync" {
+			return ", fsync off (--unsafe-no-fsync)"
+		}
+	}
+	return ", fsync on"
 }
 
 // updateFloor measures the API server's own latency for a conditional
