@@ -18,7 +18,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
-	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -512,24 +511,7 @@ func TestInProcessExample(t *testing.T) {
 		kinds[o.GetKind()] = true
 	}
 	assert.Equal(t, map[string]bool{"ServiceAccount": true, "Role": true, "RoleBinding": true, "Deployment": true}, kinds)
-	user := "system:serviceaccount:" + ns + ":mpsync-inprocess"
-	for verb, want := range map[string]bool{
-		"get": true, "list": true, "watch": true, "create": true, "update": true,
-		"delete": false, "patch": false, "deletecollection": false,
-	} {
-		for _, space := range []string{ns, "default"} {
-			sar := &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
-				User:   user,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
-				ResourceAttributes: &authv1.ResourceAttributes{
-					Namespace: space, Verb: verb, Group: "coordination.k8s.io", Resource: "leases",
-				},
-			}}
-			res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(lockCtx(t), sar, metav1.CreateOptions{})
-			require.NoError(t, err)
-			assert.Equal(t, want && space == ns, res.Status.Allowed, "%s may %s leases in %s", user, verb, space)
-		}
-	}
+	checkServiceAccountRights(t, ns, "mpsync-inprocess")
 
 	bin := filepath.Join(t.TempDir(), "inprocess")
 	require.NoError(t, electorproc.Build(bin, "examples/inprocess", "github.com/mpsync/mpsync/examples/inprocess"))

@@ -50,7 +50,7 @@ func TestExampleManifests(t *testing.T) {
 		}
 		t.Run(strings.TrimSuffix(want, ".yaml"), func(t *testing.T) { checkDeployment(t, d) })
 	}
-	checkServiceAccountRights(t, ns)
+	checkServiceAccountRights(t, ns, "mpsync-elector")
 
 	// The README's instructions name the files and the namespace step.
 	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
@@ -123,11 +123,14 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 	}
 }
 
-// checkServiceAccountRights asks the API server what the ServiceAccount of
-// the example pods may do with Leases in ns: exactly what the elector needs.
-func checkServiceAccountRights(t *testing.T, ns string) {
+// checkServiceAccountRights asks the API server what the ServiceAccount
+// name of ns may do with Leases: get, list, watch, create and update in ns
+// (what the elector and the in-process Transport need), nothing else there
+// and nothing at all in another namespace.
+func checkServiceAccountRights(t *testing.T, ns, name string) {
+	t.Helper()
 	admin := cp.admin(t)
-	user := "system:serviceaccount:" + ns + ":mpsync-elector"
+	user := "system:serviceaccount:" + ns + ":" + name
 	for verb, want := range map[string]bool{
 		"get": true, "list": true, "watch": true, "create": true, "update": true,
 		"delete": false, "patch": false, "deletecollection": false,
