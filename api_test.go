@@ -211,54 +211,6 @@ func TestResignBeforeRun(t *testing.T) {
 	assert.ErrorIs(t, e.Resign(t.Context()), mpsync.ErrNotHeld)
 }
 
-// TestObserverFollows: an Observer reports each change of holder, never
-// takes the lock, and Leader tells the latest.
-func TestObserverFollows(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := mpsynctest.NewElector()
-		defer f.Close()
-		o, err := mpsync.NewObserver("test", mpsync.WithTransport(f.Transport()))
-		require.NoError(t, err)
-		_, known := o.Leader()
-		assert.False(t, known, "Leader known before Run")
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error, 1)
-		go func() { done <- o.Run(ctx) }()
-
-		next := func() mpsync.Holder {
-			t.Helper()
-			select {
-			case h, ok := <-o.Events():
-				require.True(t, ok, "Events closed")
-				return h
-			case <-time.After(time.Minute):
-				require.FailNow(t, "no observer event within a minute")
-			}
-			return mpsync.Holder{}
-		}
-		assert.Equal(t, mpsync.Holder{}, next(), "free, never held")
-
-		a, err := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
-		require.NoError(t, err)
-		held, err := a.Lock(t.Context())
-		require.NoError(t, err)
-		tok, _ := mpsync.FencingToken(held)
-		assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, next())
-		h, known := o.Leader()
-		assert.True(t, known)
-		assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, h)
-
-		require.NoError(t, a.Unlock())
-		assert.Equal(t, mpsync.Holder{Token: tok}, next(), "free, with the last token")
-
-		assert.ErrorIs(t, o.Run(ctx), mpsync.ErrRunning)
-		cancel()
-		for range o.Events() {
-		}
-		assert.ErrorIs(t, <-done, context.Canceled)
-	})
-}
-
 // TestObserverSlowReader: a reader that falls behind gets the latest
 // holder, not a backlog; a change and its undoing while unread send
 // nothing.

@@ -74,6 +74,7 @@ func RunConformanceTests(t *testing.T, h Harness) {
 		{"ElectionFollowersLearnLeader", testElectionFollowers},
 		{"ElectionHandover", testElectionHandover},
 		{"EventsClosedAfterRun", testEventsClosed},
+		{"ObserverFollows", testObserverFollows},
 	}
 	// The group returns once all its parallel subtests have finished.
 	t.Run("Parallel", func(t *testing.T) {
@@ -457,6 +458,50 @@ func nextHolder(t *testing.T, seen <-chan mpsync.Holder, ok func(mpsync.Holder) 
 			require.FailNow(t, "no such holder state", "within %v", Timeout)
 		}
 	}
+}
+
+// testObserverFollows: an Observer, on its own transport, reports the lock
+// free, then each holder with its token, then free again with that token,
+// never takes the lock, tells the latest state through Leader, refuses a
+// second Run, and closes Events when its Run ends.
+func testObserverFollows(t *testing.T, h Harness) {
+	name := lockName(t)
+	o, err := mpsync.NewObserver(name, mpsync.WithTransport(h.Transport(t)))
+	require.NoError(t, err)
+	_, known := o.Leader()
+	assert.False(t, known, "Leader known before Run")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- o.Run(ctx) }()
+	next := func(what string) mpsync.Holder {
+		t.Helper()
+		select {
+		case s, ok := <-o.Events():
+			require.True(t, ok, "Events closed before %s", what)
+			return s
+		case <-time.After(Timeout):
+			require.FailNow(t, "no observer event", "%s, within %v", what, Timeout)
+		}
+		return mpsync.Holder{}
+	}
+	assert.Empty(t, next("the first state").Identity, "a lock never held is free")
+
+	a := newLock(t, h, name, "a")
+	held, err := a.Lock(ctxTimeout(t))
+	require.NoError(t, err)
+	tok, _ := mpsync.FencingToken(held)
+	assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, next("a's acquisition"))
+	latest, known := o.Leader()
+	assert.True(t, known, "Leader known once an event came")
+	assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, latest)
+	require.NoError(t, a.Unlock())
+	assert.Equal(t, mpsync.Holder{Token: tok}, next("a's release"), "free, with the last token")
+
+	assert.ErrorIs(t, o.Run(ctx), mpsync.ErrRunning)
+	cancel()
+	for range o.Events() {
+	}
+	assert.ErrorIs(t, <-done, context.Canceled)
 }
 
 func newElection(t *testing.T, h Harness, name, id string) *mpsync.Election {

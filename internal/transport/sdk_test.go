@@ -54,45 +54,6 @@ func TestSDKLockedError(t *testing.T) {
 	assert.Equal(t, "a", le.Holder)
 }
 
-// TestSDKObserver: an Observer over the shared transport of WithElector
-// follows the holder without taking the lock.
-func TestSDKObserver(t *testing.T) {
-	addr, _ := transport.StartElector(t, "--backend", "memory")
-	o, err := mpsync.NewObserver("jobs", mpsync.WithElector(addr))
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx) }()
-	next := func() mpsync.Holder {
-		t.Helper()
-		select {
-		case h, ok := <-o.Events():
-			require.True(t, ok, "Events closed")
-			return h
-		case <-time.After(patience):
-			require.FailNow(t, "no observer event")
-		}
-		return mpsync.Holder{}
-	}
-	assert.Equal(t, mpsync.Holder{}, next())
-
-	a := newLock(t, newTransport(t, addr), "jobs", "a")
-	held, err := a.Lock(ctxFor(t))
-	require.NoError(t, err)
-	tok, _ := mpsync.FencingToken(held)
-	assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, next())
-	h, known := o.Leader()
-	assert.True(t, known)
-	assert.Equal(t, mpsync.Holder{Identity: "a", Token: tok}, h)
-	require.NoError(t, a.Unlock())
-	assert.Equal(t, mpsync.Holder{Token: tok}, next())
-
-	cancel()
-	for range o.Events() {
-	}
-	assert.ErrorIs(t, <-done, context.Canceled)
-}
-
 // TestSDKResign: over HTTP, the leader hands over to a waiting candidate
 // and leads again when that one resigns in turn.
 func TestSDKResign(t *testing.T) {
