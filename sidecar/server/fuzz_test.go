@@ -19,7 +19,7 @@ import (
 // by the same holder afterwards. Streams and waits are cut short by a
 // request context of a few milliseconds.
 //
-//	go test -run '^$' -fuzz FuzzHandler -fuzztime 30s ./sidecar/server/
+//	cd sidecar && go test -run '^$' -fuzz FuzzHandler -fuzztime 30s ./server/
 func FuzzHandler(f *testing.F) {
 	corpus := []struct {
 		method, target string
