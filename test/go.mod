@@ -66,5 +66,3 @@ require (
 replace github.com/mpsync/mpsync => ..
 
 replace github.com/mpsync/mpsync/kube => ../kube
-
-replace github.com/mpsync/mpsync/sidecar => ../sidecar
