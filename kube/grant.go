@@ -84,6 +84,16 @@ func (g *grant) endLocked(reason error) {
 	}
 }
 
+// rebaseLocked makes obj, a version of the Lease that names this grant,
+// the base of its next renewal or release if it is newer than the last
+// one: a queue join by another elector changes the version but not the
+// holder, and a write conditioned on the older one would only conflict.
+func (g *grant) rebaseLocked(obj *coordinationv1.Lease) {
+	if g.last == nil || newer(obj.ResourceVersion, g.last.ResourceVersion) {
+		g.last = obj
+	}
+}
+
 func (g *grant) lastWritten() *coordinationv1.Lease {
 	g.b.mu.Lock()
 	defer g.b.mu.Unlock()
@@ -124,7 +134,8 @@ func (g *grant) Err() error {
 }
 
 // Renew implements backend.Grant: an Update of spec.renewTime conditioned
-// on the last version this grant wrote. If that conflicts (someone else
+// on the newest version this grant wrote or saw naming it (other electors
+// joining the Lease's queue write versions that still name it). If that conflicts (someone else
 // wrote the Lease), it reads the Lease once and, if the Lease still names
 // this grant, writes again; otherwise the grant has been lost. The validity
 // returned counts from when Renew was called. Errors other than a loss
@@ -170,7 +181,7 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 				b.observeLocked(g.st, res, false)
 				return 0, g.lostLocked()
 			}
-			g.last = res
+			g.rebaseLocked(res)
 			g.armLocked(start)
 			b.observeLocked(g.st, res, false)
 			return core.Validity(g.lease), nil
@@ -204,8 +215,8 @@ func (g *grant) reread(ctx context.Context) (*coordinationv1.Lease, error) {
 	if g.ended {
 		return nil, g.lostLocked()
 	}
-	g.last = cur
-	return cur, nil
+	g.rebaseLocked(cur)
+	return g.last, nil
 }
 
 // Release implements backend.Grant: it ends the grant (Err stays nil) and

@@ -48,6 +48,15 @@ type lease struct {
 	clearAfter time.Time
 	// queue holds the Acquire calls waiting here, first come first.
 	queue []*waiter
+	// joining: an Acquire's write adding this Backend to the Lease's
+	// queue is in flight. withdrawing: a write taking it out of the
+	// Lease's turns (withdrawLocked) is, and withdrawRV is the version
+	// that write was based on, tried once.
+	joining, withdrawing bool
+	withdrawRV           string
+	// withdrawBackoff is the pause before the last failed withdrawal is
+	// tried again, doubling with each failure.
+	withdrawBackoff time.Duration
 	// changed is closed and replaced whenever anything above changes.
 	changed chan struct{}
 }
@@ -145,8 +154,12 @@ func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bo
 	} else {
 		st.obj = obj
 		st.token = max(st.token, transitions(obj))
+		if g := st.grant; g != nil && holderOf(obj) == g.holder {
+			g.rebaseLocked(obj) // a queue join: renew and release from it
+		}
 	}
 	b.reconcileLocked(st)
+	b.withdrawLocked(st)
 	st.broadcast()
 }
 
@@ -200,13 +213,19 @@ func (b *Backend) reconcileLocked(st *lease) {
 }
 
 // clearHolder releases the Lease for holder: an Update of base clearing
-// spec.holderIdentity. On a conflict it reads the Lease again and retries
+// spec.holderIdentity that also hands the turn on (handOff): it names the
+// head of the Lease's queue as the successor, and puts this Backend back
+// at the tail if it has waiters of its own. On a conflict it reads the Lease again and retries
 // while it still names holder. d is the lease's duration, to bound each
 // request.
 func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
 	for range 3 {
 		obj := base.DeepCopy()
 		obj.Spec.HolderIdentity = nil
+		b.mu.Lock()
+		next, rest := handOff(queueOf(base), b.member(), b.waitingLocked(st))
+		b.mu.Unlock()
+		setTurns(obj, rest, next)
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
 		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
 		cancel()
