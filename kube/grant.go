@@ -165,7 +165,7 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 
 	for attempt := 0; ; attempt++ {
 		obj := base.DeepCopy()
-		now := metav1.NewMicroTime(b.clock.Now())
+		now := renewStamp(base, b.clock.Now())
 		secs := leaseSeconds(g.lease)
 		obj.Spec.RenewTime = &now
 		obj.Spec.LeaseDurationSeconds = &secs
@@ -196,6 +196,19 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 			return 0, err
 		}
 	}
+}
+
+// renewStamp is the spec.renewTime of a renewal of base sent at now: now,
+// unless that is not later than base's (the wall clock stepped back, or
+// stands still in a test), then a microsecond after base's. Every renewal
+// must change the spec: others count a lease from when they saw its spec
+// change (sameTerm).
+func renewStamp(base *coordinationv1.Lease, now time.Time) metav1.MicroTime {
+	t := now.Truncate(time.Microsecond)
+	if prev := base.Spec.RenewTime; prev != nil && !t.After(prev.Time) {
+		t = prev.Time.Truncate(time.Microsecond).Add(time.Microsecond)
+	}
+	return metav1.NewMicroTime(t)
 }
 
 // reread reads the Lease after a renewal of g conflicted. It returns the

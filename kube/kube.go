@@ -46,11 +46,13 @@
 // Each Backend runs one informer over all the Leases of its namespace (no
 // label selector, so that Leases written by client-go's leader election are
 // seen too) and remembers, for each Lease, the resourceVersion it last saw
-// and the moment, on this process's monotonic clock, when it first saw it.
-// A waiter learns of a release from the watch and writes at once. A Lease
-// that still names a holder is taken only after its spec.leaseDurationSeconds
-// (as written in the Lease) of this elector's time since it last saw the
-// Lease change; wall-clock timestamps written by other hosts (renewTime,
+// and the moment, on this process's monotonic clock, when it first saw the
+// Lease's spec as it is (a write changing only metadata, such as the queue
+// below, does not restart it; every acquisition and renewal changes the
+// spec). A waiter learns of a release from the watch and writes at once. A
+// Lease that still names a holder is taken only after its
+// spec.leaseDurationSeconds (as written in the Lease) of this elector's
+// time since it last saw the Lease's spec change; wall-clock timestamps written by other hosts (renewTime,
 // acquireTime) decide nothing. This is the rule client-go's LeaderElector
 // follows with its observed time, which makes the two compatible: a client-go
 // candidate using a LeaseLock and mpsync clients contending for one Lease

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
@@ -25,8 +26,10 @@ type lease struct {
 	// rv is the resourceVersion of the newest event applied, deletions
 	// included; older ones are ignored.
 	rv string
-	// seen is when this process first saw rv, on its monotonic clock: an
-	// unreleased Lease may be taken once its duration has passed since.
+	// seen is when this process first saw the term of the Lease as obj
+	// has it (sameTerm), on its monotonic clock: an unreleased Lease, or a
+	// released one whose turn is another elector's, may be taken once its
+	// duration has passed since.
 	seen time.Time
 	// token is the greatest spec.leaseTransitions ever seen, so that a
 	// Lease deleted and created again does not reuse tokens.
@@ -148,7 +151,9 @@ func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bo
 		return
 	}
 	st.rv = obj.ResourceVersion
-	st.seen = b.clock.Now()
+	if deleted || !sameTerm(st.obj, obj) {
+		st.seen = b.clock.Now()
+	}
 	if deleted {
 		st.obj = nil
 	} else {
@@ -161,6 +166,19 @@ func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bo
 	b.reconcileLocked(st)
 	b.withdrawLocked(st)
 	st.broadcast()
+}
+
+// sameTerm reports whether a newer version cur of the Lease continues the
+// term of old: the same spec and the same successor, so that only the
+// queue, or metadata nobody decides by, changed. Others joining the queue
+// then do not restart anyone's count of the holder's lease. This is the
+// rule client-go's LeaderElector follows (its observed time restarts only
+// when the leader election record changes); it is safe because every
+// write that extends a term changes the spec: an acquisition writes a
+// fresh holder identity, and a renewal a renewTime later than the one it
+// replaces (renewStamp).
+func sameTerm(old, cur *coordinationv1.Lease) bool {
+	return old != nil && apiequality.Semantic.DeepEqual(old.Spec, cur.Spec) && successorOf(old) == successorOf(cur)
 }
 
 // goneLocked records that the Lease does not exist (a Get said so, or the

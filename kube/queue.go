@@ -132,10 +132,9 @@ func (b *Backend) waitingLocked(st *lease) bool {
 }
 
 // join adds this Backend to the tail of the Lease's queue: an Update of
-// base conditioned on its resourceVersion. Joining changes nothing of who
-// holds the Lease, so the moment the joiner first saw base stays the one
-// from which it counts the holder's lease (a conflict-free write of ours
-// leaves the holder's term as base had it).
+// base conditioned on its resourceVersion. Joining changes nothing of the
+// holder's term (sameTerm), so nobody, the joiner included, counts the
+// holder's lease afresh from it.
 func (a *attempt) join(ctx context.Context, base *coordinationv1.Lease) error {
 	b, st := a.b, a.st
 	obj := base.DeepCopy()
@@ -150,12 +149,7 @@ func (a *attempt) join(ctx context.Context, base *coordinationv1.Lease) error {
 	if err != nil {
 		return err
 	}
-	seen := st.seen
-	same := st.rv == base.ResourceVersion
 	b.observeLocked(st, res, false)
-	if same {
-		st.seen = seen
-	}
 	b.log.Debug("joined the queue", zap.String("name", a.req.Name), zap.Strings("queue", queueOf(res)))
 	return nil
 }
