@@ -135,9 +135,10 @@ func (g *grant) Err() error {
 
 // Renew implements backend.Grant: an Update of spec.renewTime conditioned
 // on the newest version this grant wrote or saw naming it (other electors
-// joining the Lease's queue write versions that still name it). If that conflicts (someone else
-// wrote the Lease), it reads the Lease once and, if the Lease still names
-// this grant, writes again; otherwise the grant has been lost. The validity
+// joining the Lease's queue write versions that still name it). If that
+// conflicts (someone else wrote the Lease), it reads the Lease once and,
+// if the Lease still names this grant, writes again; otherwise the grant
+// has been lost. The validity
 // returned counts from when Renew was called. Errors other than a loss
 // (wrapping core.ErrLockLost) are transient: the API server did not
 // answer, and the grant lasts until its local deadline.
