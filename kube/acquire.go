@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"time"
 
@@ -75,9 +76,17 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 			}
 			continue
 		}
-		g, err := a.write(ctx, p.base)
+		if p.join {
+			err = a.join(ctx, p.base)
+		} else {
+			var g *grant
+			if g, err = a.write(ctx, p.base); err == nil {
+				return g, nil
+			}
+			a.giveBack()
+		}
 		if err == nil {
-			return g, nil
+			continue
 		}
 		if err := a.failed(ctx, err); err != nil {
 			return nil, err
@@ -122,11 +131,13 @@ func (b *Backend) begin(req core.Request, d time.Duration, called time.Time) (*a
 }
 
 // plan is what an attempt does next: write (base is the version to
-// update, nil to create the Lease), or else wait for changed to close or,
-// if wait > 0, for wait to pass, naming who is in the way.
+// update, nil to create the Lease; join: add this Backend to the Lease's
+// queue rather than take it), or else wait for changed to close or, if
+// wait > 0, for wait to pass, naming who is in the way.
 type plan struct {
 	base    *coordinationv1.Lease
 	write   bool
+	join    bool
 	wait    time.Duration
 	changed <-chan struct{}
 	holder  string // the client identity of the holder, if there is one
@@ -159,6 +170,10 @@ func (a *attempt) plan() (plan, error) {
 	if !p.write {
 		return p, nil
 	}
+	if p.join {
+		st.joining = true
+		return p, nil
+	}
 	if b.maxLocks > 0 && b.held >= b.maxLocks {
 		return plan{}, fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
 			"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
@@ -177,6 +192,11 @@ func (a *attempt) plan() (plan, error) {
 	a.session = b.newSessionLocked(a.req.Legacy)
 	a.holder = b.holderIdentity(a.req.Identity, a.session)
 	st.pending = a.holder
+	others := len(st.queue) // waiters of this Backend besides this one
+	if slices.Contains(st.queue, a.w) {
+		others--
+	}
+	a.stay = others > 0
 	return p, nil
 }
 
@@ -184,15 +204,19 @@ func (a *attempt) plan() (plan, error) {
 // Lease's int32 spec.leaseTransitions.
 var errTokenLimit = errors.New("fencing token at its limit")
 
-// failed handles a write that made no grant: it gives back the lock the
-// write counted as held, then returns nil to try again (after a lost race,
-// at once; after another failure of a waiting Acquire, after a backoff) or
-// the error Acquire returns.
+// giveBack gives back the lock that plan counted as held for a take
+// that made no grant.
+func (a *attempt) giveBack() {
+	a.b.mu.Lock()
+	a.b.held--
+	a.b.mu.Unlock()
+}
+
+// failed handles a write (a take or a join) that failed: it returns nil
+// to try again (after a lost race, at once; after another failure of a
+// waiting Acquire, after a backoff) or the error Acquire returns.
 func (a *attempt) failed(ctx context.Context, err error) error {
 	b := a.b
-	b.mu.Lock()
-	b.held--
-	b.mu.Unlock()
 	switch {
 	case errors.Is(err, errAbandoned):
 		if ctx.Err() != nil {
@@ -262,6 +286,7 @@ func (b *Backend) dequeue(st *lease, w *waiter) {
 	for i, x := range st.queue {
 		if x == w {
 			st.queue = append(st.queue[:i], st.queue[i+1:]...)
+			b.withdrawLocked(st) // if that was the last waiter
 			st.broadcast()
 			return
 		}
@@ -284,6 +309,9 @@ type attempt struct {
 	resume bool
 	// token is the fencing token of the write in flight
 	token uint64
+	// stay: the write in flight keeps this Backend in the Lease's queue,
+	// at its tail, for the other waiters it has for the lock
+	stay bool
 	// retryAt: after a failed request, no write before then; backoff is
 	// the pause that set it, doubling with each failure
 	retryAt time.Time
@@ -308,24 +336,33 @@ func (a *attempt) decideLocked() plan {
 		return plan{who: "an earlier waiter"}
 	case !a.req.Wait && len(st.queue) > 0:
 		return plan{who: "a waiter"}
-	case st.pending != "":
+	case st.pending != "" || st.joining || st.withdrawing || (st.releasing != "" && holderOf(st.obj) == st.releasing):
 		// One write at a time per lock from this elector: a second one
 		// would conflict anyway.
 		return plan{who: "another client of this elector"}
 	case st.obj == nil:
 		return plan{write: true}
 	}
-	h := holderOf(st.obj)
-	if h == "" {
+	h, next := holderOf(st.obj), successorOf(st.obj)
+	if h == "" && (next == "" || next == a.b.member()) {
 		return plan{base: st.obj, write: true}
 	}
+	// Held, or released with its turn given to another elector: the
+	// holder's lease, or the successor's turn, lasts the Lease's duration
+	// of this elector's time since it saw this version.
 	left := a.b.duration(st.obj) - a.b.clock.Since(st.seen)
 	if left <= 0 {
 		return plan{base: st.obj, write: true}
 	}
-	if a.req.Legacy && a.b.resumable(h, a.req.Identity) && transitions(st.obj) == st.token {
+	if h != "" && a.req.Legacy && a.b.resumable(h, a.req.Identity) && transitions(st.obj) == st.token {
 		a.resume = true
 		return plan{base: st.obj, write: true}
+	}
+	if a.req.Wait && !a.b.queuedLocked(st) {
+		return plan{base: st.obj, write: true, join: true}
+	}
+	if h == "" {
+		return plan{wait: left, who: "the next waiter, on another elector, whose turn it is"}
 	}
 	c := clientIdentity(h)
 	return plan{wait: left, holder: c, who: strconv.Quote(c)}
@@ -395,6 +432,7 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 	} else {
 		obj = base.DeepCopy()
 	}
+	setTurns(obj, taken(queueOf(obj), a.b.member(), a.stay), "")
 	obj.Spec.HolderIdentity = &a.holder
 	obj.Spec.LeaseDurationSeconds = &secs
 	obj.Spec.AcquireTime = acquired

@@ -84,6 +84,16 @@ func (g *grant) endLocked(reason error) {
 	}
 }
 
+// rebaseLocked makes obj, a version of the Lease that names this grant,
+// the base of its next renewal or release if it is newer than the last
+// one: a queue join by another elector changes the version but not the
+// holder, and a write conditioned on the older one would only conflict.
+func (g *grant) rebaseLocked(obj *coordinationv1.Lease) {
+	if g.last == nil || newer(obj.ResourceVersion, g.last.ResourceVersion) {
+		g.last = obj
+	}
+}
+
 func (g *grant) lastWritten() *coordinationv1.Lease {
 	g.b.mu.Lock()
 	defer g.b.mu.Unlock()
@@ -124,9 +134,11 @@ func (g *grant) Err() error {
 }
 
 // Renew implements backend.Grant: an Update of spec.renewTime conditioned
-// on the last version this grant wrote. If that conflicts (someone else
-// wrote the Lease), it reads the Lease once and, if the Lease still names
-// this grant, writes again; otherwise the grant has been lost. The validity
+// on the newest version this grant wrote or saw naming it (other electors
+// joining the Lease's queue write versions that still name it). If that
+// conflicts (someone else wrote the Lease), it reads the Lease once and,
+// if the Lease still names this grant, writes again; otherwise the grant
+// has been lost. The validity
 // returned counts from when Renew was called. Errors other than a loss
 // (wrapping core.ErrLockLost) are transient: the API server did not
 // answer, and the grant lasts until its local deadline.
@@ -154,7 +166,7 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 
 	for attempt := 0; ; attempt++ {
 		obj := base.DeepCopy()
-		now := metav1.NewMicroTime(b.clock.Now())
+		now := renewStamp(base, b.clock.Now())
 		secs := leaseSeconds(g.lease)
 		obj.Spec.RenewTime = &now
 		obj.Spec.LeaseDurationSeconds = &secs
@@ -170,7 +182,7 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 				b.observeLocked(g.st, res, false)
 				return 0, g.lostLocked()
 			}
-			g.last = res
+			g.rebaseLocked(res)
 			g.armLocked(start)
 			b.observeLocked(g.st, res, false)
 			return core.Validity(g.lease), nil
@@ -185,6 +197,19 @@ func (g *grant) Renew(ctx context.Context) (time.Duration, error) {
 			return 0, err
 		}
 	}
+}
+
+// renewStamp is the spec.renewTime of a renewal of base sent at now: now,
+// unless that is not later than base's (the wall clock stepped back, or
+// stands still in a test), then a microsecond after base's. Every renewal
+// must change the spec: others count a lease from when they saw its spec
+// change (sameTerm).
+func renewStamp(base *coordinationv1.Lease, now time.Time) metav1.MicroTime {
+	t := now.Truncate(time.Microsecond)
+	if prev := base.Spec.RenewTime; prev != nil && !t.After(prev.Time) {
+		t = prev.Time.Truncate(time.Microsecond).Add(time.Microsecond)
+	}
+	return metav1.NewMicroTime(t)
 }
 
 // reread reads the Lease after a renewal of g conflicted. It returns the
@@ -204,8 +229,8 @@ func (g *grant) reread(ctx context.Context) (*coordinationv1.Lease, error) {
 	if g.ended {
 		return nil, g.lostLocked()
 	}
-	g.last = cur
-	return cur, nil
+	g.rebaseLocked(cur)
+	return g.last, nil
 }
 
 // Release implements backend.Grant: it ends the grant (Err stays nil) and

@@ -46,15 +46,54 @@
 // Each Backend runs one informer over all the Leases of its namespace (no
 // label selector, so that Leases written by client-go's leader election are
 // seen too) and remembers, for each Lease, the resourceVersion it last saw
-// and the moment, on this process's monotonic clock, when it first saw it.
-// A waiter learns of a release from the watch and writes at once. A Lease
-// that still names a holder is taken only after its spec.leaseDurationSeconds
-// (as written in the Lease) of this elector's time since it last saw the
-// Lease change; wall-clock timestamps written by other hosts (renewTime,
+// and the moment, on this process's monotonic clock, when it first saw the
+// Lease's spec as it is (a write changing only metadata, such as the queue
+// below, does not restart it; every acquisition and renewal changes the
+// spec). A waiter learns of a release from the watch and writes at once. A
+// Lease that still names a holder is taken only after its
+// spec.leaseDurationSeconds (as written in the Lease) of this elector's
+// time since it last saw the Lease's spec change; wall-clock timestamps written by other hosts (renewTime,
 // acquireTime) decide nothing. This is the rule client-go's LeaderElector
 // follows with its observed time, which makes the two compatible: a client-go
 // candidate using a LeaseLock and mpsync clients contending for one Lease
 // never both lead.
+//
+// # Taking turns across electors
+//
+// Waiters of one Backend queue first come first. Across electors they
+// take turns through two annotations of the Lease that only mpsync
+// electors write (QueueAnnotation, SuccessorAnnotation):
+//
+//   - mpsync.github.io/queue, a JSON array of the electors waiting for the
+//     Lease, oldest first, each as "<elector identity>#<instance>" (the
+//     Backend's random session prefix, so that a restarted elector is a
+//     new member). An elector with a waiter for a Lease held or reserved
+//     by someone else adds itself with one conditional Update, once: it
+//     stays while it has waiters, since each take of its own puts it back
+//     at the tail in the same write if it has more.
+//   - mpsync.github.io/next, on a released Lease: the member whose turn it
+//     is. The release (the write clearing spec.holderIdentity) pops the
+//     head of the queue, other than the releaser, into it, and puts the
+//     releaser at the tail if it still has waiters (or names the releaser
+//     itself if nobody else waits).
+//
+// The named successor takes the Lease with its usual conditional write,
+// which clears next. Other electors leave a free Lease that names another
+// as successor alone for the Lease's spec.leaseDurationSeconds of their own
+// time since they saw that version, the rule for any lease: a successor
+// that is gone costs one lease duration, and the taker then drops its
+// name. A successor whose waiters left passes its turn on (one write naming
+// the next), and an elector whose waiters all left takes itself out of
+// the queue. So a contended handover across electors is two writes, a
+// release and a take, with no race between electors.
+//
+// The annotations decide only who tries: holderIdentity alone says who
+// holds, and every write is still conditioned on the resourceVersion, so
+// exclusion and the token order are what they were. client-go candidates
+// and older electors ignore the annotations (and keep them, as they update
+// the object they read): safe, merely unfair. A holder's renewals and
+// release build on the newest version its watch shows naming it, so the
+// joins of others cost it no conflict.
 //
 // # Losing a lock
 //

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
@@ -25,8 +26,10 @@ type lease struct {
 	// rv is the resourceVersion of the newest event applied, deletions
 	// included; older ones are ignored.
 	rv string
-	// seen is when this process first saw rv, on its monotonic clock: an
-	// unreleased Lease may be taken once its duration has passed since.
+	// seen is when this process first saw the term of the Lease as obj
+	// has it (sameTerm), on its monotonic clock: an unreleased Lease, or a
+	// released one whose turn is another elector's, may be taken once its
+	// duration has passed since.
 	seen time.Time
 	// token is the greatest spec.leaseTransitions ever seen, so that a
 	// Lease deleted and created again does not reuse tokens.
@@ -48,6 +51,15 @@ type lease struct {
 	clearAfter time.Time
 	// queue holds the Acquire calls waiting here, first come first.
 	queue []*waiter
+	// joining: an Acquire's write adding this Backend to the Lease's
+	// queue is in flight. withdrawing: a write taking it out of the
+	// Lease's turns (withdrawLocked) is, and withdrawRV is the version
+	// that write was based on, tried once.
+	joining, withdrawing bool
+	withdrawRV           string
+	// withdrawBackoff is the pause before the last failed withdrawal is
+	// tried again, doubling with each failure.
+	withdrawBackoff time.Duration
 	// changed is closed and replaced whenever anything above changes.
 	changed chan struct{}
 }
@@ -139,15 +151,34 @@ func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bo
 		return
 	}
 	st.rv = obj.ResourceVersion
-	st.seen = b.clock.Now()
+	if deleted || !sameTerm(st.obj, obj) {
+		st.seen = b.clock.Now()
+	}
 	if deleted {
 		st.obj = nil
 	} else {
 		st.obj = obj
 		st.token = max(st.token, transitions(obj))
+		if g := st.grant; g != nil && holderOf(obj) == g.holder {
+			g.rebaseLocked(obj) // a queue join: renew and release from it
+		}
 	}
 	b.reconcileLocked(st)
+	b.withdrawLocked(st)
 	st.broadcast()
+}
+
+// sameTerm reports whether a newer version cur of the Lease continues the
+// term of old: the same spec and the same successor, so that only the
+// queue, or metadata nobody decides by, changed. Others joining the queue
+// then do not restart anyone's count of the holder's lease. This is the
+// rule client-go's LeaderElector follows (its observed time restarts only
+// when the leader election record changes); it is safe because every
+// write that extends a term changes the spec: an acquisition writes a
+// fresh holder identity, and a renewal a renewTime later than the one it
+// replaces (renewStamp).
+func sameTerm(old, cur *coordinationv1.Lease) bool {
+	return old != nil && apiequality.Semantic.DeepEqual(old.Spec, cur.Spec) && successorOf(old) == successorOf(cur)
 }
 
 // goneLocked records that the Lease does not exist (a Get said so, or the
@@ -200,13 +231,19 @@ func (b *Backend) reconcileLocked(st *lease) {
 }
 
 // clearHolder releases the Lease for holder: an Update of base clearing
-// spec.holderIdentity. On a conflict it reads the Lease again and retries
+// spec.holderIdentity that also hands the turn on (handOff): it names the
+// head of the Lease's queue as the successor, and puts this Backend back
+// at the tail if it has waiters of its own. On a conflict it reads the Lease again and retries
 // while it still names holder. d is the lease's duration, to bound each
 // request.
 func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
 	for range 3 {
 		obj := base.DeepCopy()
 		obj.Spec.HolderIdentity = nil
+		b.mu.Lock()
+		next, rest := handOff(queueOf(base), b.member(), b.waitingLocked(st))
+		b.mu.Unlock()
+		setTurns(obj, rest, next)
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
 		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
 		cancel()

@@ -30,24 +30,35 @@ import (
 // identities stand for several electors, each with its own client and
 // watch, all authenticated as the elector user.
 
-// testBackend is a Backend whose connection to the API server can be cut.
+// testBackend is a Backend whose connection to the API server can be cut,
+// and whose Lease writes are counted.
 type testBackend struct {
 	*kube.Backend
 	id  string
 	cut atomic.Bool // when set, every new request fails as if the network were down
+	// writes counts the PUT and POST requests answered, conflicts those
+	// answered 409 Conflict
+	writes, conflicts atomic.Int64
 }
 
-// cutter fails requests while cut is set.
+// cutter fails requests while tb.cut is set, and counts tb's writes.
 type cutter struct {
-	rt  http.RoundTripper
-	cut *atomic.Bool
+	rt http.RoundTripper
+	tb *testBackend
 }
 
 func (c cutter) RoundTrip(r *http.Request) (*http.Response, error) {
-	if c.cut.Load() {
+	if c.tb.cut.Load() {
 		return nil, errors.New("test: network cut")
 	}
-	return c.rt.RoundTrip(r)
+	res, err := c.rt.RoundTrip(r)
+	if err == nil && (r.Method == http.MethodPut || r.Method == http.MethodPost) {
+		c.tb.writes.Add(1)
+		if res.StatusCode == http.StatusConflict {
+			c.tb.conflicts.Add(1)
+		}
+	}
+	return res, err
 }
 
 // newBackend starts a Backend for namespace ns as the elector user and
@@ -66,7 +77,7 @@ func newBackendConfig(t *testing.T, cfg kube.Config) *testBackend {
 	rc, err := kube.RESTConfig(c.electorKubeconfig)
 	require.NoError(t, err)
 	tb := &testBackend{id: id}
-	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return cutter{rt, &tb.cut} }
+	rc.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return cutter{rt, tb} }
 	cs, err := kubernetes.NewForConfig(rc)
 	require.NoError(t, err)
 	cfg.Client, cfg.Logger = cs, zaptest.NewLogger(t).Named(id)
