@@ -256,25 +256,44 @@ func (st *stream) send(v any, timeout time.Duration) error {
 	if st.err != nil {
 		return st.err
 	}
-	st.start()
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("server: marshal %T: %v", v, err))
 	}
+	return st.sendLine(append(b, '\n'), timeout)
+}
+
+// sendLine writes line, which ends in a newline, as send does.
+func (st *stream) sendLine(line []byte, timeout time.Duration) error {
+	if st.err != nil {
+		return st.err
+	}
+	st.start()
 	if st.raw != nil {
-		st.err = st.writeChunk(append(b, '\n'), timeout)
+		st.err = st.writeChunk(line, timeout)
 		return st.err
 	}
 	// Writers that cannot take a deadline (httptest.ResponseRecorder) do
 	// not block either.
 	_ = st.rc.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := st.w.Write(append(b, '\n')); err != nil {
+	if _, err := st.w.Write(line); err != nil {
 		st.err = err
 		return err
 	}
 	st.err = st.rc.Flush()
 	return st.err
 }
+
+// heartbeatLine is the heartbeat event as a line, encoded once: a held
+// stream writes one a second, and encoding it each time would cost a
+// reflection-deep stack on every stream's goroutine as well as the CPU.
+var heartbeatLine = func() []byte {
+	b, err := json.Marshal(wire.Event{Type: wire.EventHeartbeat})
+	if err != nil {
+		panic(err)
+	}
+	return append(b, '\n')
+}()
 
 // start writes the 200 header, unless it has been.
 func (st *stream) start() {
@@ -362,7 +381,7 @@ func watchClose(conn net.Conn, gone chan<- struct{}) {
 // sent a byte past its request, so on a quiet stream a failing write is
 // the only sign that the client has gone.
 func (st *stream) heartbeat() error {
-	return st.send(wire.Event{Type: wire.EventHeartbeat}, streamWriteTimeout)
+	return st.sendLine(heartbeatLine, streamWriteTimeout)
 }
 
 // failed reports whether a write to the stream has failed.
