@@ -234,10 +234,8 @@ func allocSite(fs []string) string {
 	switch {
 	case i == len(fs):
 		return strings.Join(fs, " ← ")
-	case i > 0 || isGeneric(fs[i]):
-		if i+1 < len(fs) {
-			return fs[i] + " ← " + fs[i+1]
-		}
+	case isGeneric(fs[i]) && i+1 < len(fs):
+		return fs[i] + " ← " + fs[i+1]
 	}
 	return fs[i]
 }
