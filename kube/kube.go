@@ -121,6 +121,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	coordinformers "k8s.io/client-go/informers/coordination/v1"
 	"k8s.io/client-go/kubernetes"
@@ -285,7 +286,7 @@ func New(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("kube: session prefix: %w", err)
 	}
 	b := &Backend{
-		client:       cfg.Client.CoordinationV1().Leases(cfg.Namespace),
+		client:       leaseClient{cfg.Client.CoordinationV1().Leases(cfg.Namespace)},
 		ns:           cfg.Namespace,
 		identity:     cfg.Identity,
 		lease:        cfg.LeaseDuration,
@@ -315,6 +316,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 
 	b.informer = coordinformers.NewLeaseInformer(cfg.Client, cfg.Namespace, 0, cache.Indexers{})
+	if err := b.informer.SetTransform(stripManagedFields); err != nil {
+		return nil, fmt.Errorf("kube: lease informer: %w", err)
+	}
 	reg, err := b.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { b.onEvent(obj, false) },
 		UpdateFunc: func(_, obj any) { b.onEvent(obj, false) },
@@ -336,6 +340,52 @@ func New(cfg Config) (*Backend, error) {
 	b.log.Info("kubernetes backend: one Lease per lock",
 		zap.String("identity", b.identity), zap.Duration("leaseDuration", b.lease), zap.String("sessionPrefix", b.instance), zap.Int("maxLocks", b.maxLocks))
 	return b, nil
+}
+
+// leaseClient is the Lease client of a Backend: every Lease the API server
+// answers with comes without metadata.managedFields (stripManagedFields),
+// as the informer's do.
+type leaseClient struct{ coordclient.LeaseInterface }
+
+// Create creates lease and returns what the API server made of it.
+func (c leaseClient) Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error) {
+	res, err := c.LeaseInterface.Create(ctx, lease, opts)
+	return stripLease(res), err
+}
+
+// Update updates lease and returns what the API server made of it.
+func (c leaseClient) Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error) {
+	res, err := c.LeaseInterface.Update(ctx, lease, opts)
+	return stripLease(res), err
+}
+
+// Get reads the Lease name.
+func (c leaseClient) Get(ctx context.Context, name string, opts metav1.GetOptions) (*coordinationv1.Lease, error) {
+	res, err := c.LeaseInterface.Get(ctx, name, opts)
+	return stripLease(res), err
+}
+
+// stripManagedFields is the informer's transform: it drops
+// metadata.managedFields from every Lease before the informer keeps it.
+// The Backend never reads them, and they are most of a Lease's size (a
+// few hundred bytes for each of the thousands of Leases a busy elector
+// keeps). Writes built from a Lease without them leave the API server's
+// record of them as it was: an Update whose object has no managedFields
+// keeps the live object's.
+func stripManagedFields(obj any) (any, error) {
+	if l, ok := obj.(*coordinationv1.Lease); ok {
+		stripLease(l)
+	}
+	return obj, nil
+}
+
+// stripLease drops l's metadata.managedFields, in place, and returns l
+// (nil for nil).
+func stripLease(l *coordinationv1.Lease) *coordinationv1.Lease {
+	if l != nil {
+		l.ManagedFields = nil
+	}
+	return l
 }
 
 // checkConfig reports what in cfg New cannot work with.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"reflect"
@@ -223,11 +224,26 @@ func hex4(b []byte, i int) (rune, bool) {
 // stream writes NDJSON lines, each flushed at once. After a write fails
 // (the client is gone or stalled), every later send fails with that error
 // without writing.
+//
+// A stream of an HTTP/1.1 request can be detached from net/http once its
+// header is out (detach): it then writes its chunks straight to the
+// connection, which it closes at its end. That lets a held lock's stream
+// go on without its handler: net/http keeps, for every connection it
+// serves, a goroutine, a reader goroutine and about 10 KiB of buffers, on
+// top of the handler's own stack, as long as the handler runs.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	started bool
 	err     error // the first write error
+
+	// detachable: the stream may be detached (allowDetach); its header
+	// then says Connection: close.
+	detachable bool
+	raw        net.Conn      // the hijacked connection, once detached
+	gone       chan struct{} // closed when the client closes raw or it fails; once detached
+	chunk      []byte        // the chunk being written, kept for the next
+	closed     bool
 }
 
 func newStream(w http.ResponseWriter) *stream {
@@ -240,22 +256,27 @@ func (st *stream) send(v any, timeout time.Duration) error {
 	if st.err != nil {
 		return st.err
 	}
-	if !st.started {
-		st.started = true
-		h := st.w.Header()
-		h.Set("Content-Type", "application/x-ndjson")
-		h.Set("Cache-Control", "no-store")
-		h.Set("X-Content-Type-Options", "nosniff")
-		st.w.WriteHeader(http.StatusOK)
-	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("server: marshal %T: %v", v, err))
 	}
+	return st.sendLine(append(b, '\n'), timeout)
+}
+
+// sendLine writes line, which ends in a newline, as send does.
+func (st *stream) sendLine(line []byte, timeout time.Duration) error {
+	if st.err != nil {
+		return st.err
+	}
+	st.start()
+	if st.raw != nil {
+		st.err = st.writeChunk(line, timeout)
+		return st.err
+	}
 	// Writers that cannot take a deadline (httptest.ResponseRecorder) do
 	// not block either.
 	_ = st.rc.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := st.w.Write(append(b, '\n')); err != nil {
+	if _, err := st.w.Write(line); err != nil {
 		st.err = err
 		return err
 	}
@@ -263,19 +284,127 @@ func (st *stream) send(v any, timeout time.Duration) error {
 	return st.err
 }
 
+// heartbeatLine is the heartbeat event as a line, encoded once: a held
+// stream writes one a second, and encoding it each time would cost a
+// reflection-deep stack on every stream's goroutine as well as the CPU.
+var heartbeatLine = func() []byte {
+	b, err := json.Marshal(wire.Event{Type: wire.EventHeartbeat})
+	if err != nil {
+		panic(err)
+	}
+	return append(b, '\n')
+}()
+
+// start writes the 200 header, unless it has been.
+func (st *stream) start() {
+	if st.started {
+		return
+	}
+	st.started = true
+	h := st.w.Header()
+	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if st.detachable {
+		// Whether or not it is detached, the connection ends with the
+		// stream: a client must not take a detached stream's closed
+		// connection for one to reuse.
+		h.Set("Connection", "close")
+	}
+	st.w.WriteHeader(http.StatusOK)
+}
+
+// allowDetach lets detach take the stream's connection later, if r is an
+// HTTP/1.1 request on a connection that can be hijacked. Call it before
+// the first send.
+func (st *stream) allowDetach(r *http.Request) {
+	_, hijacker := st.w.(http.Hijacker)
+	st.detachable = !st.started && hijacker && r.ProtoMajor == 1 && r.ProtoMinor >= 1
+}
+
+// writeChunk writes p as one chunk of the chunked body of a detached
+// stream, within timeout.
+func (st *stream) writeChunk(p []byte, timeout time.Duration) error {
+	st.chunk = strconv.AppendInt(st.chunk[:0], int64(len(p)), 16)
+	st.chunk = append(st.chunk, "\r\n"...)
+	st.chunk = append(st.chunk, p...)
+	st.chunk = append(st.chunk, "\r\n"...)
+	_ = st.raw.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := st.raw.Write(st.chunk)
+	return err
+}
+
+// detach takes the stream's connection from net/http, if allowDetach
+// allowed it, after writing the header and every line sent so far: from
+// then on the stream writes the chunked body itself, the handler may
+// return, and end finishes the body and closes the connection. gone is
+// closed when the client closes the connection (or it fails), as
+// r.Context() ends otherwise; whatever the client sends past its request
+// is read and ignored, as net/http ignores it while a handler runs. ok is
+// false (and nothing has changed) where detaching is not possible: HTTP/2,
+// HTTP/1.0, a ResponseWriter that cannot hijack, a write that failed.
+func (st *stream) detach() (gone <-chan struct{}, ok bool) {
+	if !st.detachable || st.err != nil {
+		return nil, false
+	}
+	st.start()
+	if st.err = st.rc.Flush(); st.err != nil {
+		return nil, false
+	}
+	conn, _, err := st.rc.Hijack() // writes out what net/http still buffers
+	if err != nil {
+		return nil, false
+	}
+	_ = conn.SetDeadline(time.Time{})
+	// Keep nothing of net/http's: the response refers to the connection's
+	// state, buffers included, which the handler's return would free.
+	st.w, st.rc = nil, nil
+	st.raw, st.gone = conn, make(chan struct{})
+	go watchClose(conn, st.gone)
+	return st.gone, true
+}
+
+// watchClose reads conn until it fails (the client closed it, or end did),
+// then closes gone.
+func watchClose(conn net.Conn, gone chan<- struct{}) {
+	defer close(gone)
+	var buf [64]byte
+	for {
+		if _, err := conn.Read(buf[:]); err != nil {
+			return
+		}
+	}
+}
+
 // heartbeat writes a heartbeat line. Its real work is the write: net/http
 // stops watching a connection for the client's close once the client has
 // sent a byte past its request, so on a quiet stream a failing write is
 // the only sign that the client has gone.
 func (st *stream) heartbeat() error {
-	return st.send(wire.Event{Type: wire.EventHeartbeat}, streamWriteTimeout)
+	return st.sendLine(heartbeatLine, streamWriteTimeout)
 }
 
 // failed reports whether a write to the stream has failed.
 func (st *stream) failed() bool { return st.err != nil }
 
-// end clears the write deadline, which would otherwise outlive this request
-// on a kept-alive connection.
+// end ends the stream. On a stream still served by net/http it clears the
+// write deadline, which would otherwise outlive this request on a
+// kept-alive connection. A detached stream writes the body's last chunk
+// (unless a write has failed), closes the connection and waits for the
+// goroutine that watched it. Calling it again does nothing.
 func (st *stream) end() {
-	_ = st.rc.SetWriteDeadline(time.Time{})
+	if st.raw == nil {
+		_ = st.rc.SetWriteDeadline(time.Time{})
+		return
+	}
+	if st.closed {
+		return
+	}
+	st.closed = true
+	if st.err == nil {
+		_ = st.raw.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
+		_, _ = st.raw.Write([]byte("0\r\n\r\n"))
+	}
+	_ = st.raw.Close()
+	<-st.gone
 }

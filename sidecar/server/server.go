@@ -74,6 +74,11 @@ type Config struct {
 	// Debug enables POST /debug/revoke/{name}. The backend must implement
 	// Revoker.
 	Debug bool
+	// Profiling serves Go's runtime profiles (package net/http/pprof:
+	// heap, goroutine, CPU and the rest) under GET /debug/pprof/. Off
+	// by default: a profile shows what the process holds in memory, and
+	// a CPU profile or trace costs CPU while it runs.
+	Profiling bool
 	// LegacyTTL is the lease of legacy locks; 0 means DefaultLegacyTTL. It
 	// must be at least core.MinLease.
 	LegacyTTL time.Duration
@@ -367,6 +372,8 @@ func (s *Server) route(u *url.URL) (m methodSet, name string, ok bool) {
 		return methodSet{{http.MethodGet, s.legacyGet}, {http.MethodHead, s.legacyGet}, {http.MethodPut, s.legacyPut}}, seg(1), true
 	case len(segs) == 3 && segs[0] == "debug" && segs[1] == "revoke" && s.revoker != nil:
 		return post(s.debugRevoke), seg(2), true
+	case len(segs) >= 2 && segs[0] == "debug" && segs[1] == "pprof" && s.cfg.Profiling:
+		return get(serveProfile), "", true
 	}
 	return nil, "", false
 }

@@ -75,12 +75,21 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	if !ok {
 		return
 	}
-	defer done()
 	if !s.enter() {
+		done()
 		writeError(w, http.StatusServiceUnavailable, wire.CodeUnavailable, "elector shutting down")
 		return
 	}
-	defer s.leave()
+	// finish gives back what a stream holds: its slot, and its part in
+	// what Shutdown waits for. A held stream that detaches from its
+	// handler (hold) takes it along.
+	finish := func() { s.leave(); done() }
+	detached := false
+	defer func() {
+		if !detached {
+			finish()
+		}
+	}()
 
 	// ctx ends when the client goes away (its request ends, or a write to
 	// it fails) or the elector shuts down.
@@ -88,10 +97,16 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	defer cancel()
 	defer context.AfterFunc(s.stopCtx, cancel)()
 	st := newStream(w)
-	defer st.end()
+	st.allowDetach(r)
+	defer func() {
+		if !detached { // else the stream's own goroutine ends it
+			st.end()
+		}
+	}()
 	gone := func() bool { return r.Context().Err() != nil || st.failed() }
 
-	log := s.log.With(zap.String("name", name), zap.String("identity", req.Identity))
+	fields := []zap.Field{zap.String("name", name), zap.String("identity", req.Identity)}
+	log := s.log.With(fields...)
 	g, err := s.await(ctx, cancel, st, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait}, log)
 	if err != nil {
 		if gone() {
@@ -114,7 +129,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	// g's validity counts from the Acquire call, after the request
 	// arrived; the client counts it from when it sent the request, earlier
 	// still.
-	s.hold(r, st, g, name, g.Validity(), log)
+	detached = s.hold(r, st, g, name, g.Validity(), fields, finish)
 }
 
 // await runs the backend's Acquire of req. While a waiting request has no
@@ -188,15 +203,25 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 // hold registers g's session, tells the client it holds the lock, and
 // keeps the stream until the lease ends, the client goes away (its request
 // ends or a heartbeat fails to reach it: the lock is released) or the
-// elector shuts down.
-func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, log *zap.Logger) {
+// elector shuts down. fields name the lock and the client in the logs.
+//
+// Where it can, hold detaches the stream from net/http (stream.detach) and
+// keeps it on a goroutine of its own, which ends it and calls finish, and
+// reports true at once: the handler returns, and net/http's connection
+// goroutine, buffers and the handler's deep stack are freed while the
+// lock is held. Otherwise it keeps the stream itself and reports false.
+func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, fields []zap.Field, finish func()) (detached bool) {
 	id, sess := s.addSession(name, g)
-	defer s.dropSession(id)
 	s.m.acquisitions.WithLabelValues("v1").Inc()
 	s.m.held.Inc()
-	defer s.m.held.Dec()
-	log = log.With(zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
-	log.Info("lock acquired", zap.Duration("validity", validity))
+	// Fields, not a logger made With them: such a logger keeps its fields
+	// encoded in a buffer of its own, a KiB for every held lock.
+	fields = append(fields, zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
+	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
+	held := func() {
+		s.m.held.Dec()
+		s.dropSession(id)
+	}
 
 	err := st.send(wire.Event{
 		Type:       wire.EventAcquired,
@@ -206,26 +231,46 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	}, streamWriteTimeout)
 	if err != nil {
 		s.m.releases.WithLabelValues("disconnect").Inc()
-		s.releaseFor(g, log, "could not tell the client it holds the lock")
-		return
+		s.releaseFor(g, s.log.With(fields...), "could not tell the client it holds the lock")
+		held()
+		return false
 	}
+	if gone, ok := st.detach(); ok {
+		go func() {
+			defer finish()
+			defer st.end()
+			defer held()
+			s.keep(st, g, sess, gone, fields)
+		}()
+		return true
+	}
+	defer held()
+	s.keep(st, g, sess, r.Context().Done(), fields)
+	return false
+}
+
+// keep serves the stream of the held grant g until its lease ends, gone is
+// closed (the client went away: the lock is released), a heartbeat fails to
+// reach the client (released too) or the elector shuts down.
+func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}, fields []zap.Field) {
+	log := func() *zap.Logger { return s.log.With(fields...) }
 	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-g.Done():
-			s.ended(st, g, sess, log)
+			s.ended(st, g, sess, log())
 			return
 		case <-tick.C:
 			if st.heartbeat() == nil {
 				continue
 			}
 			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log, "client went away (a heartbeat could not reach it)")
+			s.releaseFor(g, log(), "client went away (a heartbeat could not reach it)")
 			return
-		case <-r.Context().Done():
+		case <-gone:
 			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log, "client went away")
+			s.releaseFor(g, log(), "client went away")
 			return
 		case <-s.stopCtx.Done():
 			// Tell the holder first, then release: it stops acting on the
@@ -237,7 +282,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 				Reason: wire.ReasonShutdown,
 				Error:  "elector shutting down; lock released",
 			}, finalWriteTimeout)
-			s.releaseFor(g, log, "elector shutting down")
+			s.releaseFor(g, log(), "elector shutting down")
 			return
 		}
 	}

@@ -84,3 +84,20 @@ func TestInprocTable(t *testing.T) {
 	assert.Equal(t, "10.00 [9.00–11.00]", cell(t, tb, rt, 2))
 	assert.Equal(t, "1.25 × the two-write floor (2 × 4.00 ms)", cell(t, tb, rt, 3))
 }
+
+func TestProfileNames(t *testing.T) {
+	assert.Equal(t, "bufio.NewReaderSize ← net/http.newBufioReader",
+		allocSite([]string{"runtime.mallocgc", "runtime.makeslice", "bufio.NewReaderSize", "net/http.newBufioReader", "net/http.(*conn).serve"}))
+	assert.Equal(t, "k8s.io/x.(*ObjectMeta).Unmarshal",
+		allocSite([]string{"runtime.mallocgc", "k8s.io/x.(*ObjectMeta).Unmarshal", "k8s.io/x.(*Lease).Unmarshal"}))
+	assert.Equal(t, "runtime.malg", allocSite([]string{"runtime.malg"}))
+	assert.Equal(t, "net/http.(*conn).serve … example.com/server.(*Server).hold",
+		goroutineRole([]string{"runtime.gopark", "runtime.selectgo", "example.com/server.(*Server).hold", "example.com/server.(*Server).ServeHTTP", "net/http.(*conn).serve"}))
+	assert.Equal(t, "net/http.(*connReader).backgroundRead",
+		goroutineRole([]string{"runtime.gopark", "internal/poll.runtime_pollWait", "net.(*conn).Read", "net/http.(*connReader).backgroundRead"}))
+	base := footprint{locks: 1, rss: []float64{10 << 20}, goroutines: 20}
+	with := footprint{locks: 1001, rss: []float64{30 << 20, 40 << 20, 50 << 20}, goroutines: 2020}
+	assert.InDelta(t, float64(30<<20)/1000, perLock(with, base, medianRSS), 1e-9)
+	assert.InDelta(t, 2.0, perLock(with, base, func(f footprint) float64 { return f.goroutines }), 1e-9)
+	assert.Zero(t, perLock(base, base, medianRSS))
+}

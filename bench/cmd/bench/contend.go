@@ -207,8 +207,46 @@ func (h *harness) contention(ctx context.Context, o options, r *results) error {
 			progress("  %d locks lost", res.lost)
 			r.scale[sc.key] = append(r.scale[sc.key], res)
 		}
+		if sc.key == "sized" {
+			h.footprints(ctx, o, r, sc.extra)
+		}
 	}
 	return ctx.Err()
+}
+
+// footprintRuns are the baselines of the scale run's profiles: an elector
+// holding one lock on the kubernetes backend (its limit as in the sized
+// scale run), and on the memory backend one holding one and one holding
+// -scale-locks.
+func footprintRuns(o options) []footprintBase {
+	return []footprintBase{
+		{"kubernetes-1", "kubernetes", 1},
+		{"memory-1", "memory", 1},
+		{"memory-n", "memory", o.scaleLocks},
+	}
+}
+
+// A footprintBase is one baseline run of the scale run's profiles.
+type footprintBase struct {
+	key, backend string // key in results.footprint
+	locks        int
+}
+
+// footprints runs footprintRuns, the kubernetes one with the flags extra,
+// recording into r.
+func (h *harness) footprints(ctx context.Context, o options, r *results, extra []string) {
+	for _, f := range footprintRuns(o) {
+		progress("footprint: one elector, %s backend, holding %d locks, profiled after a lease duration", f.backend, f.locks)
+		var flags []string
+		if f.backend == "kubernetes" {
+			flags = extra
+		}
+		fp, err := h.footprintRun(ctx, "footprint-"+f.key, f.backend, f.locks, flags...)
+		if r.record(ctx, "footprint/"+f.key, err) {
+			progress("  %.1f MiB resident, %.0f goroutines", medianRSS(fp)/(1<<20), fp.goroutines)
+			r.footprint[f.key] = fp
+		}
+	}
 }
 
 // A scaleRun is one configuration of the scale run.

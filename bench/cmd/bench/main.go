@@ -335,6 +335,7 @@ type results struct {
 	floorN             int
 	contend            map[string][]contendResult // by run, see contentionRuns
 	scale              map[string][]scaleResult   // by run, see scaleRuns
+	footprint          map[string]footprint       // by footprintRuns key
 	errs               map[string]string          // measurement → what went wrong
 }
 
@@ -342,7 +343,7 @@ func newResults() *results {
 	return &results{
 		handover: map[string][]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
 		load: map[string][]window{}, rtt: map[string][]float64{}, rtt99: map[string][]float64{}, rate: map[string][]float64{},
-		contend: map[string][]contendResult{}, scale: map[string][]scaleResult{}, errs: map[string]string{},
+		contend: map[string][]contendResult{}, scale: map[string][]scaleResult{}, footprint: map[string]footprint{}, errs: map[string]string{},
 	}
 }
 

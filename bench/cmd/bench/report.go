@@ -133,6 +133,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		p("")
 		p("%s", t.Markdown())
 		p("%s", contentionNotes(r, o))
+		p("%s", profileNotes(r))
 		p("")
 	}
 
@@ -513,9 +514,58 @@ func contentionTable(r *results, o options) (t measure.Table, ok bool) {
 				}
 			}
 			add("  locks lost while held", []float64{float64(x.lost)}, "%.0f", 1)
+			if sc.key == "sized" {
+				footprintRows(add, x.fp, r.footprint["kubernetes-1"])
+			}
 		}
 	}
+	if mem, ok1 := r.footprint["memory-n"]; ok1 {
+		ok = true
+		t.Rows = append(t.Rows, []string{fmt.Sprintf("**memory: one elector holding %d locks, after a lease duration**", mem.locks), "", ""})
+		add(fmt.Sprintf("  elector resident memory, MiB (%d samples %v apart)", footprintSamples, footprintEvery), mem.rss, rate, 1<<20)
+		footprintRows(add, mem, r.footprint["memory-1"])
+	}
 	return t, ok
+}
+
+// footprintRows adds to a table, through add, what one more held lock costs
+// the elector of fp over that of base (the same holding one lock), when
+// both were measured.
+func footprintRows(add func(string, []float64, string, float64), fp, base footprint) {
+	if fp.locks == 0 || base.locks == 0 {
+		return
+	}
+	one := func(f func(footprint) float64) []float64 { return []float64{perLock(fp, base, f)} }
+	add(fmt.Sprintf("  per held lock over an elector holding one (%.1f MiB): resident memory, KiB", medianRSS(base)/(1<<20)), one(medianRSS), "%.1f", 1<<10)
+	add("  per held lock: live heap after a GC (heap profile, inuse_space), KiB", one(func(f footprint) float64 { return f.heapLive }), "%.1f", 1<<10)
+	add("  per held lock: heap spans in use after that GC, KiB", one(func(f footprint) float64 { return f.heapInuse }), "%.1f", 1<<10)
+	add("  per held lock: goroutine stacks, KiB", one(func(f footprint) float64 { return f.stacks }), "%.1f", 1<<10)
+	add("  per held lock: goroutines", one(func(f footprint) float64 { return f.goroutines }), "%.2f", 1)
+}
+
+// profileNotes lists the top entries of the heap and goroutine profiles of
+// the electors that held the most locks, per held lock.
+func profileNotes(r *results) string {
+	var b strings.Builder
+	show := func(what string, fp footprint) {
+		if fp.locks == 0 {
+			return
+		}
+		fmt.Fprintf(&b, "\n%s, holding %d locks: live heap %.1f MiB after a GC, %.0f goroutines. Heap in use by allocating function, KiB per held lock (inuse_space / %d):\n\n",
+			what, fp.locks, fp.heapLive/(1<<20), fp.goroutines, fp.locks)
+		for _, e := range fp.heapTop {
+			fmt.Fprintf(&b, "- %.2f `%s`\n", e.value/float64(fp.locks)/(1<<10), e.name)
+		}
+		fmt.Fprintf(&b, "\nGoroutines per held lock, by the function each started with … where it waits:\n\n")
+		for _, e := range fp.goTop {
+			fmt.Fprintf(&b, "- %.2f `%s`\n", e.value/float64(fp.locks), e.name)
+		}
+	}
+	if xs := r.scale["sized"]; len(xs) > 0 {
+		show("The kubernetes elector of the scale run (limit sized), at the end of its window", xs[len(xs)-1].fp)
+	}
+	show("The memory elector", r.footprint["memory-n"])
+	return b.String()
 }
 
 // contentionNotes is the text under the contention table: the safety

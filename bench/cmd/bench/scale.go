@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -16,16 +17,18 @@ type scaleResult struct {
 	rss     []float64 // the elector's resident memory, bytes, sampled through the window
 	cpu     float64   // its CPU time over the window / the window
 	perMin  map[string]float64
-	taken   int // locks taken of those asked for
-	lost    int // locks lost while held, including before the window
+	taken   int       // locks taken of those asked for
+	lost    int       // locks lost while held, including before the window
+	fp      footprint // the elector's profiles at the end of the window
 }
 
 // scaleSample is how often scale samples the elector's memory.
 const scaleSample = 10 * time.Second
 
 // scale has one locker take n locks through one elector on the kubernetes
-// backend (started with the flags extra), holds them for window, and
-// measures the elector and the API requests meanwhile.
+// backend (started with the flags extra and --debug-pprof), holds them for
+// window, and measures the elector and the API requests meanwhile, and
+// profiles it at the end.
 func (h *harness) scale(ctx context.Context, what string, n int, window time.Duration, extra ...string) (scaleResult, error) {
 	var res scaleResult
 	g, err := h.newGroup(what)
@@ -33,7 +36,7 @@ func (h *harness) scale(ctx context.Context, what string, n int, window time.Dur
 		return res, err
 	}
 	defer g.stop(stopGrace + time.Duration(n)*10*time.Millisecond)
-	el, addr, err := h.startElector(g, "elector", "kubernetes", "pod-scale", extra...)
+	el, addr, err := h.startElector(g, "elector", "kubernetes", "pod-scale", slices.Concat(extra, []string{"--debug-pprof"})...)
 	if err != nil {
 		return res, err
 	}
@@ -91,6 +94,10 @@ func (h *harness) scale(ctx context.Context, what string, n int, window time.Dur
 	if err != nil {
 		return res, err
 	}
+	if res.fp, err = profileElector(ctx, addr, res.taken); err != nil {
+		return res, err
+	}
+	res.fp.rss = res.rss
 	res.cpu = (u1.CPU - u0.CPU).Seconds() / (float64(after.mono-before.mono) / 1e9)
 	mins := float64(after.mono-before.mono) / 1e9 / 60
 	res.perMin = measure.Delta(after.requests, before.requests)

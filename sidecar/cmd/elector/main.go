@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +56,7 @@ type config struct {
 	logFormat     string
 	logLevel      zapcore.Level
 	debug         bool
+	profiling     bool
 	clockOffset   time.Duration // fault tests only
 	clockRate     float64       // fault tests only
 	maxConns      int           // 0: derived from the descriptor limit
@@ -229,6 +231,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	fs.Var(logFormat, "log-format", "log `format` on stderr: json or console (readable)")
 	fs.Var(levelValue{&cfg.logLevel}, "log-level", "least `level` logged: debug, info, warn or error")
 	fs.BoolVar(&cfg.debug, "debug-endpoints", false, "serve POST /debug/revoke/{name}, which takes a lock from its holder as a real loss would (for conformance tests; never in production)")
+	fs.BoolVar(&cfg.profiling, "debug-pprof", false, "serve Go's runtime profiles (net/http/pprof: heap, goroutine, CPU, ...) under GET /debug/pprof/, "+
+		"for diagnosis and benchmarks, with the heap sampled every 4 KiB allocated (Go's default: 512 KiB); a profile shows what the process holds in memory, so keep it off where others can reach the listener")
 	fs.DurationVar(&cfg.clockOffset, "test-clock-offset", 0, "fault tests only: run the kubernetes backend on a clock this `duration` ahead of the machine's")
 	fs.Float64Var(&cfg.clockRate, "test-clock-rate", 1, "fault tests only: run the kubernetes backend on a clock this many times as fast as the machine's (`rate` 0.5 to 2)")
 	fs.Var(countValue{&cfg.maxConns}, "max-connections", "the most client `connections` served at once; a few more (a sixteenth, 8 to 256) are kept for one short request each "+
@@ -285,6 +289,10 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	return cfg, nil
 }
+
+// profileRate is runtime.MemProfileRate with --debug-pprof: one heap
+// profile sample per this many bytes allocated, on average.
+const profileRate = 4096
 
 // Shutdown budget: what SIGTERM allows for telling every stream, releasing
 // every lock and closing the backend.
@@ -372,7 +380,8 @@ Flags:
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 	fmt.Fprintf(out, `
-Endpoints: /v1/... and /locks/{name} (PROTOCOL.md), /healthz, /readyz, /metrics.
+Endpoints: /v1/... and /locks/{name} (PROTOCOL.md), /healthz, /readyz, /metrics
+(and /debug/pprof/ with --debug-pprof).
 SIGTERM or SIGINT: every open stream is told, every lock released (within
 --shutdown-timeout), exit 0.
 `)
@@ -471,6 +480,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "elector: %v\n", err)
 		return 2
 	}
+	if cfg.profiling {
+		// Heap profiles fine enough to tell per-lock costs of a few
+		// hundred bytes apart; Go's default samples every 512 KiB.
+		runtime.MemProfileRate = profileRate
+	}
 	log := newLogger(cfg, stderr)
 	defer func() { _ = log.Sync() }()
 
@@ -507,6 +521,7 @@ func newServer(cfg config, limits server.Limits, log *zap.Logger, stderr io.Writ
 		LegacyTTL: cfg.legacyTTL,
 		Logger:    log,
 		Debug:     cfg.debug,
+		Profiling: cfg.profiling,
 		Limits:    limits,
 	})
 	if err != nil {
@@ -568,6 +583,7 @@ func logServing(cfg config, lns []net.Listener, log *zap.Logger, nofile uint64, 
 		zap.String("namespace", cfg.namespace),
 		zap.Duration("leaseDuration", cfg.leaseDuration),
 		zap.Bool("debugEndpoints", cfg.debug),
+		zap.Bool("debugPprof", cfg.profiling),
 		zap.Uint64("descriptorLimit", nofile),
 		zap.Int("maxConnections", limits.MaxConnections),
 		zap.Int("maxStreams", limits.MaxStreams),
