@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // lease is what a Backend knows of one Lease. Guarded by Backend.mu.
@@ -113,6 +114,9 @@ func (b *Backend) onEvent(obj any, deleted bool) {
 	if !ok {
 		return
 	}
+	if trace.Enabled() {
+		trace.Mark(trace.WatchEvent, "name", l.Name, "free", fmt.Sprint(holderOf(l) == ""), "rv", l.ResourceVersion)
+	}
 	b.mu.Lock()
 	b.observeLocked(b.leaseLocked(l.Name), l, deleted)
 	b.mu.Unlock()
@@ -208,7 +212,9 @@ func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordination
 		obj := base.DeepCopy()
 		obj.Spec.HolderIdentity = nil
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
+		trace.Mark(trace.ReleaseWriteSent)
 		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
+		trace.Mark(trace.ReleaseWriteDone)
 		cancel()
 		if err == nil {
 			b.mu.Lock()

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptrace"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/internal/wire"
 )
 
@@ -91,6 +94,18 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 	close(l.done)
 }
 
+// traceConn returns ctx, and while tracing is on (package internal/trace)
+// ctx with an httptrace.ClientTrace that marks step when the request has
+// its connection, saying whether it was reused from the pool.
+func traceConn(ctx context.Context, step string) context.Context {
+	if !trace.Enabled() {
+		return ctx
+	}
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		trace.Mark(step, "reused", strconv.FormatBool(i.Reused))
+	}})
+}
+
 // errStreamBroke is wrapped in the error of a lease whose stream ended with
 // no last line (released or lost): the connection broke or fell silent.
 var errStreamBroke = errors.New("stream broke")
@@ -151,7 +166,7 @@ func (l *Lease) Release(ctx context.Context) error {
 	if again || l.ended() {
 		return nil
 	}
-	err := l.c.post(ctx, l.c.lockURL(l.name, "release"), l.name, wire.SessionRequest{Session: l.session}, nil)
+	err := l.c.post(traceConn(ctx, trace.ReleaseConn), l.c.lockURL(l.name, "release"), l.name, wire.SessionRequest{Session: l.session}, nil)
 	if errors.Is(err, errUnknownSession) {
 		err = nil // the lease ended at the elector before the request came: released all the same
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/internal/wire"
 )
 
@@ -209,6 +210,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 		s.releaseFor(g, log, "could not tell the client it holds the lock")
 		return
 	}
+	trace.Mark(trace.GrantSent)
 	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
@@ -317,6 +319,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
 		unknownSession(w, name)
 		return
 	}
+	trace.Mark(trace.ReleaseReceived)
 	sess.markReleased()
 	if err := sess.grant.Release(r.Context()); err != nil {
 		s.backendError(w, r, err)

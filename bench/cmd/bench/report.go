@@ -124,6 +124,17 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("A crashed in-process holder's lock is taken about one lease duration after its last renewal: nothing is left to release it. A sidecar elector that outlives its crashed client notices the connection drop and releases at once; that case is not timed here (the crash failover above kills the elector too, as a pod crash does).")
 	p("")
 
+	if t, ok := breakdownTable(r); ok {
+		p("### Graceful handover, step by step (issue 16)")
+		p("")
+		p("Every mpsync handover trial above, through electors and in-process, is traced: each process of ours prints a line stamped with CLOCK_MONOTONIC at each step (package internal/trace; the candidates' `-trace`, the electors' `--test-trace`). A step is timed from the one before it; a step that only electors have is \"—\" in-process. The new leader's watch event and the old leader's answer to its release write race; the next leader waits only for the first.")
+		p("")
+		p("%s", t.Markdown())
+	}
+	p("%s", outsiderTable(r, h).Markdown())
+	p("The outsider's way: the shipped example programs (`bin/election` through an elector of its own, `bin/inprocess` with `kube.NewTransport`'s defaults), untraced, two separate processes; the harness times its SIGTERM to the moment it reads the new leader's \"I am the leader\" line from its stdout pipe, which adds the pipe and the harness's scheduling to the figure.")
+	p("")
+
 	p("### mpsync's lock path")
 	p("")
 	p("%s", lockTable(r, h, o).Markdown())
@@ -149,7 +160,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		p("- %s: %s", name, strings.Join(s, ", "))
 	}
 	allSystems := []string{clientGo.name, mpsyncSys.name, inprocSys.name}
-	for _, sys := range allSystems {
+	for _, sys := range append(allSystems, exampleSys.name, exampleInprocSys.name) {
 		list("graceful handover, "+sys+", s", r.handover[sys], 1, secs)
 	}
 	for _, sys := range allSystems {
@@ -189,6 +200,24 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("")
 	p("Logs of every process of this run were in `%s` on the machine that ran it.", relPath(h.logs))
 	return b.String()
+}
+
+// outsiderTable sets the handovers of the example programs beside those of
+// the traced benchmark candidates of the same run.
+func outsiderTable(r *results, h *harness) measure.Table {
+	t := measure.Table{Header: []string{"graceful handover, SIGTERM to the leader → next leader, ms", "through electors", "in-process", "goal (issue 16)"}}
+	f := func(sys string) string { return measure.Summarize(r.handover[sys]).Format(msec, 1e-3) }
+	el := func(sys string) string {
+		if h.mpsyncErr != nil {
+			return "not measured"
+		}
+		return f(sys)
+	}
+	t.Rows = append(t.Rows,
+		[]string{"the benchmark candidates (traced), their own leading line", el(mpsyncSys.name), f(inprocSys.name), "p50 ≤ 12"},
+		[]string{"the example programs (untraced), as the harness reads their output", el(exampleSys.name), f(exampleInprocSys.name), "p50 ≤ 12"},
+	)
+	return t
 }
 
 func electionTable(r *results, h *harness, o options) measure.Table {
