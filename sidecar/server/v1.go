@@ -197,8 +197,8 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	s.m.held.Inc()
 	defer s.m.held.Dec()
 	log = log.With(zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
-	log.Info("lock acquired", zap.Duration("validity", validity))
-
+	// The grant goes out first, the log line after: it is on the path of
+	// every handover.
 	err := st.send(wire.Event{
 		Type:       wire.EventAcquired,
 		Session:    id,
@@ -211,6 +211,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 		return
 	}
 	trace.Mark(trace.GrantSent)
+	log.Info("lock acquired", zap.Duration("validity", validity))
 	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
