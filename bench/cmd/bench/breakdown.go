@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/mpsync/mpsync/bench/internal/campaign"
@@ -127,4 +129,43 @@ func breakdownTable(r *results) (measure.Table, bool) {
 		t.Rows = append(t.Rows, row)
 	}
 	return t, found
+}
+
+// An rtSplit is one traced Lock+Unlock round trip, in seconds: all of it
+// (Lock called → Unlock returned, as the locker stamps them), its two
+// Lease writes (the take and the release, each sent → answered, by the
+// Kubernetes backend in whichever process runs it), and the rest.
+type rtSplit struct {
+	total, writes float64
+}
+
+// roundTripSplit splits the step lines of traced round-trip trials
+// (ordered by their stamps, whichever process wrote them) into round
+// trips: each from a StepLockCalled to the next StepUnlockReturned, with
+// exactly one take write and one release write answered in between. A
+// round trip with other writes (a retry, a conflict) is left out.
+func roundTripSplit(lines []tagged) []rtSplit {
+	sorted := slices.Clone(lines)
+	slices.SortStableFunc(sorted, func(a, b tagged) int { return cmp.Compare(a.Mono, b.Mono) })
+	var out []rtSplit
+	var began int64 = -1
+	var sent, writes int64
+	var n int
+	for _, l := range sorted {
+		switch l.Fields["step"] {
+		case campaign.StepLockCalled:
+			began, writes, n = l.Mono, 0, 0
+		case trace.TakeWriteSent, trace.ReleaseWriteSent:
+			sent = l.Mono
+		case trace.TakeWriteDone, trace.ReleaseWriteDone:
+			writes += l.Mono - sent
+			n++
+		case campaign.StepUnlockReturned:
+			if began >= 0 && n == 2 {
+				out = append(out, rtSplit{total: float64(l.Mono-began) / 1e9, writes: float64(writes) / 1e9})
+			}
+			began = -1
+		}
+	}
+	return out
 }

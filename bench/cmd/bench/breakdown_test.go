@@ -1,8 +1,11 @@
 package main
 
 import (
+	"math"
+	"slices"
 	"testing"
 
+	"github.com/mpsync/mpsync/bench/internal/campaign"
 	"github.com/mpsync/mpsync/bench/internal/measure"
 	"github.com/mpsync/mpsync/internal/trace"
 )
@@ -48,5 +51,35 @@ func TestStepTimes(t *testing.T) {
 		if len(delta) != 0 || len(since) != 1 {
 			t.Errorf("stepDeltas(acquired) = %v, %v", delta, since)
 		}
+	}
+}
+
+// roundTripSplit finds each round trip's two writes among the lines of
+// the locker and its elector, in the order of their stamps, and leaves out
+// a round trip that made another write.
+func TestRoundTripSplit(t *testing.T) {
+	at := func(proc string, ms int64, name string) tagged {
+		return tagged{proc: proc, Line: measure.Line{Mono: ms * 1e6, Event: trace.Event, Fields: map[string]string{"step": name}}}
+	}
+	lines := []tagged{
+		at("locker", 10, campaign.StepLockCalled),
+		at("elector", 11, trace.TakeWriteSent),
+		at("elector", 15, trace.TakeWriteDone),
+		at("elector", 16, trace.ReleaseWriteSent),
+		at("elector", 19, trace.ReleaseWriteDone),
+		at("locker", 21, campaign.StepUnlockReturned),
+		at("locker", 30, campaign.StepLockCalled),
+		at("locker", 31, trace.TakeWriteSent),
+		at("locker", 32, trace.TakeWriteDone), // a conflict, then again
+		at("locker", 33, trace.TakeWriteSent),
+		at("locker", 34, trace.TakeWriteDone),
+		at("locker", 35, trace.ReleaseWriteSent),
+		at("locker", 36, trace.ReleaseWriteDone),
+		at("locker", 37, campaign.StepUnlockReturned),
+	}
+	slices.Reverse(lines) // arrival order does not matter
+	got := roundTripSplit(lines)
+	if len(got) != 1 || math.Abs(got[0].total-0.011) > 1e-9 || math.Abs(got[0].writes-0.007) > 1e-9 {
+		t.Errorf("roundTripSplit = %+v, want one round trip of 11 ms with 7 ms of writes", got)
 	}
 }

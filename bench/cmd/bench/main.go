@@ -217,7 +217,7 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	r.record(ctx, "roundtrip-memory", err)
 	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
 	progress("in-process: %d × %v of Lock+Unlock round trips through kube.NewTransport, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-	p50s, p99s, _, err = h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.tracedRoundTrips(ctx, r, inprocBackend, o.rtTrials, o.rtDuration, o.kubePace)
 	if r.record(ctx, "roundtrip-"+inprocBackend, err) {
 		r.rtt[inprocBackend], r.rtt99[inprocBackend] = p50s, p99s
 		_, _, rates, err := h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, 0)
@@ -230,7 +230,7 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	// Latency paced (back to back, the elector's client-side rate limit
 	// would set it), throughput back to back.
 	progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-	p50s, p99s, _, err = h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.tracedRoundTrips(ctx, r, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
 	if r.record(ctx, "roundtrip-kubernetes", err) {
 		r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
 		_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
@@ -239,12 +239,30 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	}
 }
 
+// tracedRoundTrips is roundTrips with the locker (and the elector, if
+// any) tracing each step, whose split of each round trip (roundTripSplit)
+// it keeps in r.rtSplit[backend].
+func (h *harness) tracedRoundTrips(ctx context.Context, r *results, backend string, trials int, d, interval time.Duration) (p50s, p99s, rates []float64, err error) {
+	h.tracing, h.rtSteps = true, nil
+	defer func() { h.tracing, h.rtSteps = false, nil }()
+	p50s, p99s, rates, err = h.roundTrips(ctx, backend, trials, d, interval)
+	r.rtSplit[backend] = h.rtSteps
+	return p50s, p99s, rates, err
+}
+
 // floor measures the API server's raw conditional Lease update rate.
 func (h *harness) floor(ctx context.Context, o options, r *results, began time.Time) error {
 	progress("API server: raw Lease updates for %v", o.floorDuration)
-	floor, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
+	floor, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration, 0, 1)
 	r.record(ctx, "floor", err)
 	r.floor, r.floorN = floor.Seconds(), n
+	if !o.runs("lockpath") {
+		return ctx.Err()
+	}
+	progress("API server: pairs of Lease updates, one pair every %v, for %v", o.kubePace, o.floorDuration)
+	pair, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-pair-%d", began.Unix()), o.floorDuration, o.kubePace, 2)
+	r.record(ctx, "floor-pair", err)
+	r.pairFloor, r.pairFloorN = pair.Seconds(), n
 	return ctx.Err()
 }
 
@@ -349,6 +367,9 @@ type results struct {
 	rtt, rtt99, rate   map[string][]float64 // by backend: p50s, p99s, round trips per second
 	floor              float64              // p50 of a raw Lease update
 	floorN             int
+	pairFloor          float64 // p50 of two Lease updates back to back, one pair every -kube-pace
+	pairFloorN         int
+	rtSplit            map[string][]rtSplit       // by backend: each traced paced round trip
 	contend            map[string][]contendResult // by run, see contentionRuns
 	scale              map[string][]scaleResult   // by run, see scaleRuns
 	errs               map[string]string          // measurement → what went wrong
@@ -356,7 +377,7 @@ type results struct {
 
 func newResults() *results {
 	return &results{
-		handover: map[string][]float64{}, steps: map[string][]map[string]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
+		rtSplit: map[string][]rtSplit{}, handover: map[string][]float64{}, steps: map[string][]map[string]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
 		load: map[string][]window{}, rtt: map[string][]float64{}, rtt99: map[string][]float64{}, rate: map[string][]float64{},
 		contend: map[string][]contendResult{}, scale: map[string][]scaleResult{}, errs: map[string]string{},
 	}

@@ -44,6 +44,9 @@ type harness struct {
 	// internal/trace) for the handover breakdown; set for handovers only,
 	// so that no other measurement pays for them.
 	tracing bool
+	// rtSteps collects roundTripSplit of the traced round-trip trials
+	// since the caller last reset it.
+	rtSteps []rtSplit
 }
 
 // A member is one candidate: its process and, for mpsync, its own elector
@@ -523,15 +526,31 @@ func (h *harness) roundTrips(ctx context.Context, backend string, trials int, d,
 				via = []string{"-elector", addr}
 			}
 			argv := append([]string{filepath.Join(h.bin, "mpsync-locker")}, via...)
-			p, err := g.start("locker", false, append(argv,
-				"-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
-				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())...)
+			argv = append(argv, "-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
+				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())
+			p, err := g.start("locker", false, append(argv, h.traceFlag("-trace")...)...)
 			if err != nil {
 				return 0, 0, 0, err
 			}
-			l, err := g.wait(ctx, d+startTimeout, "round trips", p, event(measure.EventRoundTrips, "rt"))
+			var steps []tagged
+			l, err := g.wait(ctx, d+startTimeout, "round trips", p, func(l tagged) bool {
+				if l.Event == trace.Event {
+					steps = append(steps, l)
+				}
+				return l.Event == measure.EventRoundTrips && l.ID == "rt"
+			})
 			if err != nil {
 				return 0, 0, 0, err
+			}
+			if h.tracing {
+				// The elector's last lines may still be in its pipe.
+				_, _ = g.wait(ctx, 100*time.Millisecond, "the last step lines", nil, func(l tagged) bool {
+					if l.Event == trace.Event {
+						steps = append(steps, l)
+					}
+					return false
+				})
+				h.rtSteps = append(h.rtSteps, roundTripSplit(steps)...)
 			}
 			n, err1 := strconv.ParseFloat(l.Fields["n"], 64)
 			elapsed, err2 := strconv.ParseFloat(l.Fields["elapsed_ns"], 64)

@@ -62,6 +62,7 @@ import (
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/bench/internal/campaign"
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/kube"
 )
 
@@ -194,6 +195,7 @@ func roundtrip(ctx context.Context, lock *mpsync.Lock, d, interval time.Duration
 	var rtts []time.Duration
 	start := time.Now()
 	for time.Since(start) < d && ctx.Err() == nil {
+		trace.Mark(campaign.StepLockCalled)
 		t := time.Now()
 		if _, err := lock.Lock(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -205,6 +207,7 @@ func roundtrip(ctx context.Context, lock *mpsync.Lock, d, interval time.Duration
 			return err
 		}
 		rtts = append(rtts, time.Since(t))
+		trace.Mark(campaign.StepUnlockReturned)
 		if interval > 0 {
 			select {
 			case <-time.After(interval):

@@ -19,6 +19,10 @@ const (
 	StepSignal = "signal"
 	// StepRunReturned: the program's Election.Run has returned.
 	StepRunReturned = "run-returned"
+	// StepLockCalled: a locker's round trip begins: it calls Lock.
+	StepLockCalled = "lock-called"
+	// StepUnlockReturned: a locker's round trip ends: Unlock has returned.
+	StepUnlockReturned = "unlock-returned"
 )
 
 // Trace turns on the step lines of package internal/trace, written to
