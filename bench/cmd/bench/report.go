@@ -378,7 +378,8 @@ func lockTable(r *results, h *harness, o options) measure.Table {
 	if s := measure.Summarize(r.rtt["kubernetes"]); s.N > 0 && r.floor > 0 {
 		t.Rows = append(t.Rows, []string{"kubernetes round trip / update floor", fmt.Sprintf("%.1f", s.Median/r.floor), "", ""})
 	}
-	if s := splitRow(r.rtSplit["kubernetes"]); len(s) > 0 {
+	if xs := r.rtSplit["kubernetes"]; len(xs) > 0 {
+		s := splitRow(xs)
 		t.Rows = append(t.Rows, []string{"kubernetes backend: " + strings.TrimSpace(s[0]), s[2] + "; " + s[3], "", ""})
 	}
 	pair := []float64{}
