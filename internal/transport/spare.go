@@ -19,16 +19,23 @@ import (
 // path of a handover between the holder's signal and its release write
 // (0.2 to 1.5 ms on an idle 2-core machine, tens under load; see
 // docs/BENCHMARKS.md, the handover breakdown). So the Client keeps count
-// of its idle connections and, when a grant or a watch leaves none, opens
-// a spare in the background with one GET /healthz, whose connection then
-// waits in the pool.
+// of its idle connections and, when a grant leaves none, opens a spare in
+// the background, a moment later, with one GET /healthz, whose connection
+// then waits in the pool.
 //
 // The count comes from the requests' own traces (httptrace: a connection
 // taken from the pool, one put back) and from the connections' Close; it
 // is a hint, used for nothing but this.
 
-// spareTimeout bounds the request that opens a spare connection.
-const spareTimeout = 2 * time.Second
+const (
+	// spareTimeout bounds the request that opens a spare connection.
+	spareTimeout = 2 * time.Second
+	// spareDelay is how long after a grant the spare is opened: not at
+	// once, when the grant is on its way to the application (the next
+	// leader's event, in a handover) and the spare's request would take
+	// its CPU, but well before the first renewal, a third of the lease on.
+	spareDelay = 20 * time.Millisecond
+)
 
 // spares counts a Client's idle connections and opens spare ones.
 type spares struct {
@@ -103,15 +110,19 @@ func (s *spares) track(ctx context.Context) context.Context {
 	})
 }
 
-// ensureSpare opens a spare connection to the elector in the background
-// if the pool has no idle one and no spare is being opened already.
+// ensureSpare opens a spare connection to the elector in the background,
+// spareDelay from now, if the pool has no idle one then and no spare is
+// being opened already.
 func (c *Client) ensureSpare() {
 	s := &c.spares
 	if s.idle.Load() > 0 || c.closed.Err() != nil || !s.opening.CompareAndSwap(false, true) {
 		return
 	}
-	go func() {
+	time.AfterFunc(spareDelay, func() {
 		defer s.opening.Store(false)
+		if s.idle.Load() > 0 || c.closed.Err() != nil {
+			return // a request has left one meanwhile, or the client is closed
+		}
 		ctx, cancel := context.WithTimeout(c.closed, spareTimeout)
 		defer cancel()
 		resp, err := c.do(ctx, http.MethodGet, c.base+"/healthz", "", nil)
@@ -121,5 +132,5 @@ func (c *Client) ensureSpare() {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxLine))
 		resp.Body.Close()
 		c.dropIfClosed()
-	}()
+	})
 }
