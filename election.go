@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // Role says whether an Event makes this candidate the leader or a follower.
@@ -336,6 +338,9 @@ func (e *Election) deliver(ctx context.Context, in <-chan input) {
 			return
 		case out <- next:
 			queue = queue[1:]
+			if next.Role == Leader {
+				trace.Mark(trace.EventSent)
+			}
 		case msg := <-in:
 			switch msg.kind {
 			case elected:

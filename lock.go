@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // releaseTimeout bounds the release that follows the end of a term.
@@ -160,6 +162,7 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 			}
 			return nil, fmt.Errorf("mpsync: acquire %q: %w", name, err)
 		}
+		trace.Mark(trace.Acquired)
 		deadline := start.Add(lease.Validity())
 		if v := lease.Validity(); time.Until(deadline) < v/2 {
 			// The wait ate much of the validity that counts from the
@@ -199,7 +202,9 @@ func releaseBounded(cfg *config, lease Lease) error {
 
 // release gives lease up, bounded by ctx.
 func release(ctx context.Context, cfg *config, lease Lease) error {
+	trace.Mark(trace.ReleaseSent)
 	err := lease.Release(ctx)
+	trace.Mark(trace.ReleaseDone)
 	if err != nil {
 		cfg.logger.Warn("release failed; the lease will expire", zap.Error(err))
 	}
@@ -297,6 +302,7 @@ func (t *term) keep(cfg *config, lease Lease, ctx *leaseCtx, expiry *time.Timer)
 		case <-t.ctx.Done():
 			// Unlock, the parent context, or the local deadline. The
 			// context is done before the release leaves: no overlap.
+			trace.Mark(trace.TermEnded)
 			cfg.logger.Debug("term ended", zap.Error(context.Cause(t.ctx)))
 			if p := t.releaseCtx.Load(); p != nil {
 				t.releaseErr = release(*p, cfg, lease)

@@ -18,6 +18,7 @@ import (
 	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 const (
@@ -385,11 +386,13 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 		res *coordinationv1.Lease
 		err error
 	)
+	trace.Mark(trace.TakeWriteSent)
 	if base == nil {
 		res, err = b.client.Create(rctx, obj, metav1.CreateOptions{})
 	} else {
 		res, err = b.client.Update(rctx, obj, metav1.UpdateOptions{})
 	}
+	trace.Mark(trace.TakeWriteDone)
 	cancel()
 
 	b.mu.Lock()

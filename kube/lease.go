@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // lease is what a Backend knows of one Lease. Guarded by Backend.mu.
@@ -124,6 +125,9 @@ func (b *Backend) onEvent(obj any, deleted bool) {
 	l, ok := obj.(*coordinationv1.Lease)
 	if !ok {
 		return
+	}
+	if trace.Enabled() {
+		trace.Mark(trace.WatchEvent, "name", l.Name, "free", fmt.Sprint(holderOf(l) == ""), "rv", l.ResourceVersion)
 	}
 	b.mu.Lock()
 	b.observeLocked(b.leaseLocked(l.Name), l, deleted)
@@ -245,7 +249,9 @@ func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordination
 		b.mu.Unlock()
 		setTurns(obj, rest, next)
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
+		trace.Mark(trace.ReleaseWriteSent)
 		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})
+		trace.Mark(trace.ReleaseWriteDone)
 		cancel()
 		if err == nil {
 			b.mu.Lock()

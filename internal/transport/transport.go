@@ -47,6 +47,8 @@ type Client struct {
 	hc   *http.Client
 	// armed counts the streams whose silence is armed (see Silence).
 	armed atomic.Int64
+	// spares keeps a connection idle for renewals and releases (spare.go).
+	spares spares
 
 	// closed ends when Close is called; every stream's request is
 	// derived from it or cancelled with it.
@@ -62,26 +64,23 @@ func New(addr string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	c := &Client{base: base}
 	tr := &http.Transport{
 		Proxy:                 nil, // the elector is on loopback; never go through a proxy
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		DialContext:           c.spares.dialer((&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext),
 		MaxIdleConns:          32,
 		MaxIdleConnsPerHost:   32,
 		IdleConnTimeout:       60 * time.Second,
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
 	}
-	closed, closeFn := context.WithCancel(context.Background())
-	return &Client{
-		base: base,
-		tr:   tr,
-		hc: &http.Client{
-			Transport:     tr,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		closed: closed,
-		close:  closeFn,
-	}, nil
+	c.closed, c.close = context.WithCancel(context.Background())
+	c.tr = tr
+	c.hc = &http.Client{
+		Transport:     tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return c, nil
 }
 
 func baseURL(addr string) (string, error) {
@@ -201,7 +200,7 @@ func (c *Client) do(ctx context.Context, method, u, name string, body any) (*htt
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	req, err := http.NewRequestWithContext(c.spares.track(ctx), method, u, rd)
 	if err != nil {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
@@ -335,6 +334,7 @@ func (c *Client) Acquire(ctx context.Context, name, identity string, wait bool) 
 		done:     make(chan struct{}),
 	}
 	go l.run(br, resp.Body)
+	c.ensureSpare() // for its renewals and its release
 	return l, nil
 }
 

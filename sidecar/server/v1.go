@@ -11,6 +11,7 @@ import (
 
 	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/internal/wire"
 )
 
@@ -217,12 +218,13 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	// Fields, not a logger made With them: such a logger keeps its fields
 	// encoded in a buffer of its own, a KiB for every held lock.
 	fields = append(fields, zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
-	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
 	held := func() {
 		s.m.held.Dec()
 		s.dropSession(id)
 	}
 
+	// The grant goes out first, the log line after: it is on the path of
+	// every handover.
 	err := st.send(wire.Event{
 		Type:       wire.EventAcquired,
 		Session:    id,
@@ -235,6 +237,8 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 		held()
 		return false
 	}
+	trace.Mark(trace.GrantSent)
+	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
 	if gone, ok := st.detach(); ok {
 		go func() {
 			defer finish()
@@ -362,6 +366,7 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request, name string) {
 		unknownSession(w, name)
 		return
 	}
+	trace.Mark(trace.ReleaseReceived)
 	sess.markReleased()
 	if err := sess.grant.Release(r.Context()); err != nil {
 		s.backendError(w, r, err)

@@ -36,7 +36,8 @@ import (
 
 // options are the command line.
 type options struct {
-	controlplane, elector, bin, rbac, namespace, out, logs, command  string
+	controlplane, elector, bin, examples, rbac, namespace, out, logs string
+	command                                                          string
 	trials, failoverTrials, loadWindows, memHandovers, rtTrials      int
 	window, rtDuration, kubePace, floorDuration, lease, renew, retry time.Duration
 	randStart                                                        uint64
@@ -61,13 +62,14 @@ func parseFlags() options {
 	flag.StringVar(&o.controlplane, "controlplane", "", "the env `file` that hack/controlplane/start.sh wrote (required)")
 	flag.StringVar(&o.elector, "elector", "bin/elector", "the elector `binary`")
 	flag.StringVar(&o.bin, "bin", "bin/bench", "`directory` of clientgo-candidate, mpsync-candidate, inproc-candidate and mpsync-locker")
+	flag.StringVar(&o.examples, "examples", "bin", "`directory` of the example programs election and inprocess (make examples), timed as a user runs them")
 	flag.StringVar(&o.rbac, "rbac", "examples/kubernetes/rbac.yaml", "RBAC `manifest` applied in the namespace")
 	flag.StringVar(&o.namespace, "namespace", "mpsync-bench", "`namespace` for the Leases")
 	flag.StringVar(&o.out, "out", "docs/BENCHMARKS.md", "Markdown `file` to write the results into (between markers); empty: do not write")
 	flag.StringVar(&o.logs, "logs", "bin/bench/logs", "`directory` for every process's log, one subdirectory per trial")
 	flag.StringVar(&o.command, "command", "", "the command to record as having produced the results (default: this one)")
 	flag.IntVar(&o.trials, "trials", 7, "graceful handover trials per system")
-	flag.IntVar(&o.failoverTrials, "failover-trials", 5, "crash failover trials per system")
+	flag.IntVar(&o.failoverTrials, "failover-trials", 5, "crash failover trials per system (0: none)")
 	flag.IntVar(&o.loadWindows, "load-windows", 3, "idle-load windows per system, and of the quiet baseline")
 	flag.DurationVar(&o.window, "window", 60*time.Second, "length of each idle-load window")
 	flag.IntVar(&o.memHandovers, "memory-handovers", 21, "lock handovers on the memory backend")
@@ -91,7 +93,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.scaleShippedWindow, "scale-shipped-window", time.Minute, "the same with the limit as shipped (0: not run)")
 	only := flag.String("only", "", "comma-separated `parts` to run, of "+strings.Join(parts, ", ")+" (default all)")
 	flag.Parse()
-	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 1 ||
+	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 0 ||
 		o.loadWindows < 1 || o.window <= 0 || o.memHandovers < 1 || o.rtTrials < 1 ||
 		o.contendTrials < 1 || o.contendClients < 1 || o.contendElectors < 1 || o.contendWindow <= 0 ||
 		!(o.raisedQPS > 0) || o.crowdTrials < 1 || o.crowdClients < 1 || o.scaleLocks < 1 || o.scaleWindow <= 0 || o.scaleShippedWindow < 0
@@ -196,7 +198,7 @@ func newHarness(ctx context.Context, o options, began time.Time) (*harness, erro
 	}
 	progress("logs in %s", logs)
 	return &harness{
-		c: c, ns: o.namespace, bin: o.bin, elector: o.elector, logs: logs,
+		c: c, ns: o.namespace, bin: o.bin, examples: o.examples, elector: o.elector, logs: logs,
 		lease: o.lease, renew: o.renew, retry: o.retry,
 		rng: rand.New(rand.NewPCG(o.randStart, o.randStart>>1|1)),
 	}, nil
@@ -215,7 +217,7 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	r.record(ctx, "roundtrip-memory", err)
 	r.rtt["memory"], r.rtt99["memory"], r.rate["memory"] = p50s, p99s, rates
 	progress("in-process: %d × %v of Lock+Unlock round trips through kube.NewTransport, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-	p50s, p99s, _, err = h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.tracedRoundTrips(ctx, r, inprocBackend, o.rtTrials, o.rtDuration, o.kubePace)
 	if r.record(ctx, "roundtrip-"+inprocBackend, err) {
 		r.rtt[inprocBackend], r.rtt99[inprocBackend] = p50s, p99s
 		_, _, rates, err := h.roundTrips(ctx, inprocBackend, o.rtTrials, o.rtDuration, 0)
@@ -228,7 +230,7 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	// Latency paced (back to back, the elector's client-side rate limit
 	// would set it), throughput back to back.
 	progress("kubernetes backend: %d × %v of Lock+Unlock round trips, one every %v, then as many back to back", o.rtTrials, o.rtDuration, o.kubePace)
-	p50s, p99s, _, err = h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
+	p50s, p99s, _, err = h.tracedRoundTrips(ctx, r, "kubernetes", o.rtTrials, o.rtDuration, o.kubePace)
 	if r.record(ctx, "roundtrip-kubernetes", err) {
 		r.rtt["kubernetes"], r.rtt99["kubernetes"] = p50s, p99s
 		_, _, rates, err := h.roundTrips(ctx, "kubernetes", o.rtTrials, o.rtDuration, 0)
@@ -237,12 +239,30 @@ func (h *harness) lockPath(ctx context.Context, o options, r *results) {
 	}
 }
 
+// tracedRoundTrips is roundTrips with the locker (and the elector, if
+// any) tracing each step, whose split of each round trip (roundTripSplit)
+// it keeps in r.rtSplit[backend].
+func (h *harness) tracedRoundTrips(ctx context.Context, r *results, backend string, trials int, d, interval time.Duration) (p50s, p99s, rates []float64, err error) {
+	h.tracing, h.rtSteps = true, nil
+	defer func() { h.tracing, h.rtSteps = false, nil }()
+	p50s, p99s, rates, err = h.roundTrips(ctx, backend, trials, d, interval)
+	r.rtSplit[backend] = h.rtSteps
+	return p50s, p99s, rates, err
+}
+
 // floor measures the API server's raw conditional Lease update rate.
 func (h *harness) floor(ctx context.Context, o options, r *results, began time.Time) error {
 	progress("API server: raw Lease updates for %v", o.floorDuration)
-	floor, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration)
+	floor, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-%d", began.Unix()), o.floorDuration, 0, 1)
 	r.record(ctx, "floor", err)
 	r.floor, r.floorN = floor.Seconds(), n
+	if !o.runs("lockpath") {
+		return ctx.Err()
+	}
+	progress("API server: pairs of Lease updates, one pair every %v, for %v", o.kubePace, o.floorDuration)
+	pair, n, err := h.c.updateFloor(ctx, o.namespace, fmt.Sprintf("floor-pair-%d", began.Unix()), o.floorDuration, o.kubePace, 2)
+	r.record(ctx, "floor-pair", err)
+	r.pairFloor, r.pairFloorN = pair.Seconds(), n
 	return ctx.Err()
 }
 
@@ -256,8 +276,18 @@ func (h *harness) elections(ctx context.Context, o options, r *results) error {
 			kind, trials = "failover", o.failoverTrials
 		}
 		for i := range trials {
+			which := fmt.Sprintf("%d/%d", i+1, trials)
 			for _, sys := range h.systems() {
-				h.leaderTrialInto(ctx, r, sys, kind, crash, fmt.Sprintf("%d/%d", i+1, trials))
+				// mpsync's handovers are traced, step by step; the
+				// outsiders' and client-go's are not.
+				h.tracing = !crash && sys.name != clientGo.name
+				h.leaderTrialInto(ctx, r, sys, kind, crash, which)
+				h.tracing = false
+			}
+			if !crash {
+				for _, sys := range h.outsiders() {
+					h.leaderTrialInto(ctx, r, sys, kind, crash, which)
+				}
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -280,6 +310,9 @@ func (h *harness) leaderTrialInto(ctx context.Context, r *results, sys system, k
 	}
 	if !crash {
 		r.handover[sys.name] = append(r.handover[sys.name], res.fromSignal)
+		if res.steps != nil {
+			r.steps[sys.name] = append(r.steps[sys.name], res.steps)
+		}
 		progress("%s %s %s: %.3f s", kind, which, sys.name, res.fromSignal)
 		return
 	}
@@ -325,14 +358,18 @@ func publish(ctx context.Context, h *harness, o options, r *results, began time.
 
 // results holds every measurement, in seconds unless said otherwise.
 type results struct {
-	handover, failover map[string][]float64 // by system
-	expiry             map[string][]float64 // by system: failover from the last renewal
+	handover, failover map[string][]float64            // by system
+	steps              map[string][]map[string]float64 // by system: each traced handover's leaderResult.steps
+	expiry             map[string][]float64            // by system: failover from the last renewal
 	quiet              []window
 	load               map[string][]window // by system
 	memHandover        []float64
 	rtt, rtt99, rate   map[string][]float64 // by backend: p50s, p99s, round trips per second
 	floor              float64              // p50 of a raw Lease update
 	floorN             int
+	pairFloor          float64 // p50 of two Lease updates back to back, one pair every -kube-pace
+	pairFloorN         int
+	rtSplit            map[string][]rtSplit       // by backend: each traced paced round trip
 	contend            map[string][]contendResult // by run, see contentionRuns
 	scale              map[string][]scaleResult   // by run, see scaleRuns
 	footprint          map[string]footprint       // by footprintRuns key
@@ -341,7 +378,7 @@ type results struct {
 
 func newResults() *results {
 	return &results{
-		handover: map[string][]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
+		rtSplit: map[string][]rtSplit{}, handover: map[string][]float64{}, steps: map[string][]map[string]float64{}, failover: map[string][]float64{}, expiry: map[string][]float64{},
 		load: map[string][]window{}, rtt: map[string][]float64{}, rtt99: map[string][]float64{}, rate: map[string][]float64{},
 		contend: map[string][]contendResult{}, scale: map[string][]scaleResult{}, footprint: map[string]footprint{}, errs: map[string]string{},
 	}

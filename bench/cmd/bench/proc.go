@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,18 @@ func newGroup(dir string) (*group, error) {
 // start runs argv as the process name, its output logged to dir/name.log;
 // its benchmark lines (on stdout) go to g.lines.
 func (g *group) start(name string, withStdin bool, argv ...string) (*proc, error) {
+	return g.run(name, withStdin, measure.ParseLine, argv)
+}
+
+// startExample is start for one of the shipped example programs, which
+// print sentences, not benchmark lines: exampleLine reads them.
+func (g *group) startExample(name string, argv ...string) (*proc, error) {
+	return g.run(name, false, exampleLine, argv)
+}
+
+// run runs argv as the process name, its output logged to dir/name.log;
+// the lines of its stdout that parse reads go to g.lines.
+func (g *group) run(name string, withStdin bool, parse func(string) (measure.Line, error), argv []string) (*proc, error) {
 	g.wg.Add(1) // the reader of its stdout, until it exits
 	pr, err := electorproc.Run(electorproc.Spec{
 		Name:  name,
@@ -58,7 +71,7 @@ func (g *group) start(name string, withStdin bool, argv ...string) (*proc, error
 		Log:   filepath.Join(g.dir, name+".log"),
 		Stdin: withStdin,
 		Stdout: func(text string) {
-			if l, err := measure.ParseLine(text); err == nil {
+			if l, err := parse(text); err == nil {
 				g.lines <- tagged{proc: name, Line: l}
 			}
 		},
@@ -73,6 +86,33 @@ func (g *group) start(name string, withStdin bool, argv ...string) (*proc, error
 	g.procs = append(g.procs, p)
 	g.mu.Unlock()
 	return p, nil
+}
+
+// exampleLine reads a line of the example programs (examples/election,
+// examples/inprocess), "15:04:05.000 ID: what happened", as the benchmark
+// line it stands for, stamped when the harness reads it: "I am the
+// leader" is EventLeading, "following X" EventFollowing with leader X,
+// "stopped" EventExiting. Other lines are measure.ErrNotLine.
+func exampleLine(text string) (measure.Line, error) {
+	now := measure.Now()
+	_, rest, _ := strings.Cut(text, " ")
+	id, what, ok := strings.Cut(rest, ": ")
+	if !ok {
+		return measure.Line{}, measure.ErrNotLine
+	}
+	l := measure.Line{Mono: now, ID: id}
+	switch {
+	case strings.HasPrefix(what, "I am the leader"):
+		l.Event = measure.EventLeading
+	case strings.HasPrefix(what, "following "):
+		leader, _, _ := strings.Cut(strings.TrimPrefix(what, "following "), " ")
+		l.Event, l.Fields = measure.EventFollowing, map[string]string{"leader": leader}
+	case what == "stopped":
+		l.Event = measure.EventExiting
+	default:
+		return measure.Line{}, measure.ErrNotLine
+	}
+	return l, nil
 }
 
 // wait returns the first line, from now on, for which match is true.

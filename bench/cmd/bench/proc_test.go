@@ -38,3 +38,27 @@ func TestGroupLinesAndStop(t *testing.T) {
 	assert.True(t, stubborn.HasExited())
 	assert.Error(t, stubborn.Err(), "the stubborn one was killed")
 }
+
+func TestExampleLine(t *testing.T) {
+	for _, c := range []struct {
+		text, event, id, leader string
+	}{
+		{"17:01:02.345 a: I am the leader (token 3)", measure.EventLeading, "a", ""},
+		{"17:01:02.345 b: following a (token 3)", measure.EventFollowing, "b", "a"},
+		{"17:01:02.345 b: following a", measure.EventFollowing, "b", "a"},
+		{"17:01:02.345 a: stopped", measure.EventExiting, "a", ""},
+		{"17:01:02.345 a: running for leader of x", "", "", ""},
+		{"garbage", "", "", ""},
+	} {
+		l, err := exampleLine(c.text)
+		if c.event == "" {
+			if err == nil {
+				t.Errorf("exampleLine(%q) = %+v, want ErrNotLine", c.text, l)
+			}
+			continue
+		}
+		if err != nil || l.Event != c.event || l.ID != c.id || l.Fields["leader"] != c.leader || l.Mono <= 0 {
+			t.Errorf("exampleLine(%q) = %+v, %v", c.text, l, err)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/mpsync/mpsync/internal/electorproc"
 
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // Timeouts of the harness's waits: generous, since a shared 2-core machine
@@ -30,6 +31,7 @@ type harness struct {
 	c         *cluster
 	ns        string
 	bin       string // directory of the benchmark programs
+	examples  string // directory of the example programs (make examples)
 	elector   string // the elector binary
 	logs      string // where each trial's process logs go
 	lease     time.Duration
@@ -38,6 +40,13 @@ type harness struct {
 	rng       *rand.Rand
 	trial     int
 	mpsyncErr error // why the mpsync Kubernetes half cannot run, or nil
+	// tracing: mpsync's candidates and electors print step lines (package
+	// internal/trace) for the handover breakdown; set for handovers only,
+	// so that no other measurement pays for them.
+	tracing bool
+	// rtSteps collects roundTripSplit of the traced round-trip trials
+	// since the caller last reset it.
+	rtSteps []rtSplit
 }
 
 // A member is one candidate: its process and, for mpsync, its own elector
@@ -57,6 +66,12 @@ var clientGo = system{name: "client-go", short: "cg", start: (*harness).startCli
 var mpsyncSys = system{name: "mpsync", short: "mp", start: (*harness).startMpsync}
 var inprocSys = system{name: "in-process", short: "ip", start: (*harness).startInproc}
 
+// The outsider's systems: the shipped example programs, unchanged and
+// untraced, as a user runs them; the harness stamps their "I am the
+// leader" line when it reads it (see exampleLine).
+var exampleSys = system{name: "example", short: "ex", start: (*harness).startExample}
+var exampleInprocSys = system{name: "example in-process", short: "ei", start: (*harness).startExampleInproc}
+
 // systems returns the systems that can run: client-go and mpsync
 // in-process always, mpsync through electors when the elector's
 // Kubernetes backend works.
@@ -65,6 +80,24 @@ func (h *harness) systems() []system {
 		return []system{clientGo, inprocSys}
 	}
 	return []system{clientGo, mpsyncSys, inprocSys}
+}
+
+// outsiders returns the example systems that can run: the in-process one
+// always, the sidecar one when the elector's Kubernetes backend works.
+func (h *harness) outsiders() []system {
+	if h.mpsyncErr != nil {
+		return []system{exampleInprocSys}
+	}
+	return []system{exampleSys, exampleInprocSys}
+}
+
+// traceFlag is the flag that makes a program of ours print step lines, if
+// h is tracing: flag for a candidate, --test-trace for an elector.
+func (h *harness) traceFlag(flag string) []string {
+	if !h.tracing {
+		return nil
+	}
+	return []string{flag}
 }
 
 func (h *harness) newGroup(what string) (*group, error) {
@@ -84,17 +117,37 @@ func (h *harness) startMpsync(g *group, lease, id string) (member, error) {
 	if err != nil {
 		return member{}, err
 	}
-	p, err := g.start("candidate-"+id, false, filepath.Join(h.bin, "mpsync-candidate"),
+	p, err := g.start("candidate-"+id, false, append([]string{filepath.Join(h.bin, "mpsync-candidate"),
+		"-elector", addr, "-name", lease, "-identity", id}, h.traceFlag("-trace")...)...)
+	return member{cand: p, elector: el}, err
+}
+
+// startExample starts the shipped examples/election program, through an
+// elector of its own as a sidecar would be.
+func (h *harness) startExample(g *group, lease, id string) (member, error) {
+	el, addr, err := h.startElector(g, "elector-"+id, "kubernetes", "pod-"+id)
+	if err != nil {
+		return member{}, err
+	}
+	p, err := g.startExample("candidate-"+id, filepath.Join(h.examples, "election"),
 		"-elector", addr, "-name", lease, "-identity", id)
 	return member{cand: p, elector: el}, err
+}
+
+// startExampleInproc starts the shipped examples/inprocess program, which
+// keeps its Lease through kube.NewTransport with its defaults.
+func (h *harness) startExampleInproc(g *group, lease, id string) (member, error) {
+	p, err := g.startExample("candidate-"+id, filepath.Join(h.examples, "inprocess"),
+		"-kubeconfig", h.c.electorCfg, "-namespace", h.ns, "-name", lease, "-identity", id)
+	return member{cand: p}, err
 }
 
 // startInproc starts an mpsync candidate that keeps its Lease through
 // kube.NewTransport in its own process: no elector.
 func (h *harness) startInproc(g *group, lease, id string) (member, error) {
-	p, err := g.start("candidate-"+id, false, filepath.Join(h.bin, "inproc-candidate"),
+	p, err := g.start("candidate-"+id, false, append([]string{filepath.Join(h.bin, "inproc-candidate"),
 		"-kubeconfig", h.c.electorCfg, "-namespace", h.ns, "-name", lease, "-identity", id,
-		"-lease-duration", h.lease.String())
+		"-lease-duration", h.lease.String()}, h.traceFlag("-trace")...)...)
 	return member{cand: p}, err
 }
 
@@ -116,6 +169,7 @@ func (h *harness) startElector(g *group, name, backend, identity string, extra .
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	args := []string{h.elector, "--backend", backend, "--listen", addr, "--identity", identity,
 		"--lease-duration", h.lease.String(), "--log-format", "json"}
+	args = append(args, h.traceFlag("--test-trace")...)
 	if backend == "kubernetes" {
 		args = append(args, "--namespace", h.ns, "--kubeconfig", h.c.electorCfg)
 	}
@@ -172,6 +226,9 @@ type leaderResult struct {
 	// fromRenewal (failover only): the dead leader's last change of the
 	// Lease, as the harness's own watch saw it → the next leader.
 	fromRenewal float64
+	// steps (handover only): when each step of the breakdown happened,
+	// in seconds since the signal (see handoverSteps).
+	steps map[string]float64
 }
 
 // phaseSpread is the range of the random wait before the signal of a
@@ -235,11 +292,31 @@ func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool) (lead
 	} else {
 		a.cand.Signal(syscall.SIGTERM)
 	}
-	l, err := g.wait(ctx, 4*h.lease+startTimeout, "b to lead", b.cand, event(measure.EventLeading, "b"))
+	var steps []tagged
+	keep := func(l tagged) {
+		if l.Event == trace.Event && l.Mono >= t0 {
+			steps = append(steps, l)
+		}
+	}
+	l, err := g.wait(ctx, 4*h.lease+startTimeout, "b to lead", b.cand, func(l tagged) bool {
+		keep(l)
+		return l.Event == measure.EventLeading && l.ID == "b"
+	})
 	if err != nil {
 		return leaderResult{}, err
 	}
 	res := leaderResult{fromSignal: float64(l.Mono-t0) / 1e9}
+	if !crash && h.tracing {
+		steps = append(steps, l)
+		// The old leader's last steps (its Run returning) and lines
+		// still in the pipes of the others.
+		_, _ = g.wait(ctx, stopGrace, "a to exit", nil, func(l tagged) bool {
+			keep(l)
+			return l.Event == measure.EventExiting && l.ID == "a"
+		})
+		_, _ = g.wait(ctx, 100*time.Millisecond, "the last step lines", nil, func(l tagged) bool { keep(l); return false })
+		res.steps = stepTimes(steps, t0)
+	}
 	if crash {
 		last, err := lw.lastBefore(t0)
 		if err != nil {
@@ -449,15 +526,31 @@ func (h *harness) roundTrips(ctx context.Context, backend string, trials int, d,
 				via = []string{"-elector", addr}
 			}
 			argv := append([]string{filepath.Join(h.bin, "mpsync-locker")}, via...)
-			p, err := g.start("locker", false, append(argv,
-				"-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
-				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())...)
+			argv = append(argv, "-name", fmt.Sprintf("roundtrip-%d", h.trial), "-identity", "rt",
+				"-mode", "roundtrip", "-duration", d.String(), "-interval", interval.String())
+			p, err := g.start("locker", false, append(argv, h.traceFlag("-trace")...)...)
 			if err != nil {
 				return 0, 0, 0, err
 			}
-			l, err := g.wait(ctx, d+startTimeout, "round trips", p, event(measure.EventRoundTrips, "rt"))
+			var steps []tagged
+			l, err := g.wait(ctx, d+startTimeout, "round trips", p, func(l tagged) bool {
+				if l.Event == trace.Event {
+					steps = append(steps, l)
+				}
+				return l.Event == measure.EventRoundTrips && l.ID == "rt"
+			})
 			if err != nil {
 				return 0, 0, 0, err
+			}
+			if h.tracing {
+				// The elector's last lines may still be in its pipe.
+				_, _ = g.wait(ctx, 100*time.Millisecond, "the last step lines", nil, func(l tagged) bool {
+					if l.Event == trace.Event {
+						steps = append(steps, l)
+					}
+					return false
+				})
+				h.rtSteps = append(h.rtSteps, roundTripSplit(steps)...)
 			}
 			n, err1 := strconv.ParseFloat(l.Fields["n"], 64)
 			elapsed, err2 := strconv.ParseFloat(l.Fields["elapsed_ns"], 64)

@@ -6,13 +6,15 @@
 //
 // Usage:
 //
-//	inproc-candidate -kubeconfig FILE -namespace NS -name LOCK -identity ID [-lease-duration 15s]
+//	inproc-candidate -kubeconfig FILE -namespace NS -name LOCK -identity ID [-lease-duration 15s] [-trace]
 //
 // The Transport is named pod-ID (kube.WithName), as the harness names the
 // electors of the elector-backed candidates. On stdout it prints the same
 // lines as clientgo-candidate and mpsync-candidate (package
 // bench/internal/measure): started, following (leader=...), leading
-// (token=...), stopped-leading, exiting.
+// (token=...), stopped-leading, exiting. With -trace, also a step line at
+// each step of a handover (package internal/trace, and the signal and Run
+// returning: bench/internal/campaign).
 package main
 
 import (
@@ -21,8 +23,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/mpsync/mpsync"
@@ -37,12 +37,14 @@ func main() {
 	name := flag.String("name", "bench", "`name` of the election")
 	identity := flag.String("identity", "", "this candidate's `identity` (required)")
 	lease := flag.Duration("lease-duration", kube.DefaultLeaseDuration, "lease duration (kube.WithLeaseDuration)")
+	traced := flag.Bool("trace", false, "print a step line at each step of a handover (package internal/trace)")
 	flag.Parse()
 	if flag.NArg() > 0 || *kubeconfig == "" || *identity == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	campaign.Trace(*traced, *identity)
+	ctx, stop := campaign.SignalContext()
 	defer stop()
 	if err := run(ctx, *kubeconfig, *namespace, *name, *identity, *lease); err != nil {
 		_ = measure.Emit(os.Stdout, measure.EventExiting, *identity, "err", err.Error())

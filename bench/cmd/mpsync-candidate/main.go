@@ -5,11 +5,13 @@
 //
 // Usage:
 //
-//	mpsync-candidate -elector ADDR -name LOCK -identity ID
+//	mpsync-candidate -elector ADDR -name LOCK -identity ID [-trace]
 //
 // On stdout it prints the same lines as clientgo-candidate (package
 // bench/internal/measure): started, following (leader=...), leading
-// (token=...), stopped-leading, exiting.
+// (token=...), stopped-leading, exiting. With -trace, also a step line at
+// each step of a handover (package internal/trace, and the signal and Run
+// returning: bench/internal/campaign).
 package main
 
 import (
@@ -17,8 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/bench/internal/campaign"
@@ -29,12 +29,14 @@ func main() {
 	elector := flag.String("elector", "", "elector `address` (required)")
 	name := flag.String("name", "bench", "`name` of the election")
 	identity := flag.String("identity", "", "this candidate's `identity` (required)")
+	traced := flag.Bool("trace", false, "print a step line at each step of a handover (package internal/trace)")
 	flag.Parse()
 	if flag.NArg() > 0 || *elector == "" || *identity == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	campaign.Trace(*traced, *identity)
+	ctx, stop := campaign.SignalContext()
 	defer stop()
 	if err := run(ctx, *elector, *name, *identity); err != nil {
 		_ = measure.Emit(os.Stdout, measure.EventExiting, *identity, "err", err.Error())

@@ -38,7 +38,9 @@
 // EOF on stdin. It prints lost for any lock it loses meanwhile, then
 // unlocks them all and prints released with n and lost.
 //
-// Lines on stdout follow package bench/internal/measure.
+// With -trace it also prints a step line at each step of every Lock and
+// Unlock (package internal/trace). Lines on stdout follow package
+// bench/internal/measure.
 package main
 
 import (
@@ -58,7 +60,9 @@ import (
 	"time"
 
 	"github.com/mpsync/mpsync"
+	"github.com/mpsync/mpsync/bench/internal/campaign"
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/kube"
 )
 
@@ -77,12 +81,14 @@ func main() {
 	locks := flag.Int("locks", 1000, "how many locks hold mode takes")
 	concurrency := flag.Int("concurrency", 32, "most Lock calls at once in hold mode")
 	keepGoing := flag.Bool("keep-going", false, "in hold mode, count a Lock that fails and go on, instead of exiting")
+	traced := flag.Bool("trace", false, "print a step line at each step of a lock and unlock (package internal/trace)")
 	flag.Parse()
 	if flag.NArg() > 0 || (*elector == "") == (*kubeconfig == "") || (*kubeconfig != "" && *mode == "hold") || *identity == "" || *duration <= 0 || *interval < 0 || *hold < 0 ||
 		*locks < 1 || *concurrency < 1 || (*mode == "contend" && *record == "") {
 		flag.Usage()
 		os.Exit(2)
 	}
+	campaign.Trace(*traced, *identity)
 	via := mpsync.WithElector(*elector)
 	var tr *kube.Transport
 	if *kubeconfig != "" {
@@ -189,6 +195,7 @@ func roundtrip(ctx context.Context, lock *mpsync.Lock, d, interval time.Duration
 	var rtts []time.Duration
 	start := time.Now()
 	for time.Since(start) < d && ctx.Err() == nil {
+		trace.Mark(campaign.StepLockCalled)
 		t := time.Now()
 		if _, err := lock.Lock(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -200,6 +207,7 @@ func roundtrip(ctx context.Context, lock *mpsync.Lock, d, interval time.Duration
 			return err
 		}
 		rtts = append(rtts, time.Since(t))
+		trace.Mark(campaign.StepUnlockReturned)
 		if interval > 0 {
 			select {
 			case <-time.After(interval):

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mpsync/mpsync"
 	"github.com/mpsync/mpsync/bench/internal/measure"
+	"github.com/mpsync/mpsync/internal/trace"
 )
 
 // Run prints started for id to w, runs el until ctx ends, and prints one
@@ -22,7 +23,11 @@ import (
 func Run(ctx context.Context, w io.Writer, el *mpsync.Election, id string) error {
 	_ = measure.Emit(w, measure.EventStarted, id)
 	runErr := make(chan error, 1)
-	go func() { runErr <- el.Run(ctx) }()
+	go func() {
+		err := el.Run(ctx)
+		trace.Mark(StepRunReturned)
+		runErr <- err
+	}()
 
 	var term <-chan struct{} // the current term's Done, nil when not leading
 	events := el.Events()
@@ -49,10 +54,11 @@ func Run(ctx context.Context, w io.Writer, el *mpsync.Election, id string) error
 			term = nil
 		}
 	}
+	err := <-runErr
 	if term != nil {
 		_ = measure.Emit(w, measure.EventStopped, id)
 	}
-	if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil

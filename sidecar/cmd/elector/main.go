@@ -29,12 +29,14 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/mpsync/mpsync/internal/backend"
 	"github.com/mpsync/mpsync/internal/clock"
 	"github.com/mpsync/mpsync/internal/core"
+	"github.com/mpsync/mpsync/internal/trace"
 	"github.com/mpsync/mpsync/kube"
 	"github.com/mpsync/mpsync/sidecar/server"
 )
@@ -63,6 +65,7 @@ type config struct {
 	maxStreams    int           // 0: derived from --max-connections or the descriptor limit
 	shutdownLimit time.Duration // 0: shutdownBudget of the locks held at SIGTERM
 	legacyTTL     time.Duration // tests only; 0 means server.DefaultLegacyTTL
+	trace         bool          // benchmarks only: step lines on stdout
 }
 
 // usageError is a bad flag or environment value: exit status 2.
@@ -244,6 +247,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (confi
 		"(1.5s, and on the kubernetes backend 2s more plus the releases past --kube-burst at --kube-qps), up to this; "+
 		"by default what it needs at its capacity (5.1s at the default rate limit and lease). Set terminationGracePeriodSeconds above it")
 	fs.DurationVar(&cfg.legacyTTL, "test-legacy-ttl", 0, "tests only: the TTL of locks taken through the legacy protocol, in place of Metaparticle Sync's 30s (`duration`, at least "+core.MinLease.String()+"; 0 means 30s)")
+	fs.BoolVar(&cfg.trace, "test-trace", false, "benchmarks only: print a line on stdout, stamped with CLOCK_MONOTONIC, at each step of a lock's handover "+
+		"(a release received, a Lease write sent and answered, a watch event, a grant sent); make bench's per-step breakdown reads them")
 	fs.Usage = func() {} // run prints a one-line error; --help prints usage below
 	fs.VisitAll(func(f *flag.Flag) { f.Usage += " [$" + envName(f.Name) + "]" })
 
@@ -487,6 +492,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	log := newLogger(cfg, stderr)
 	defer func() { _ = log.Sync() }()
+	if cfg.trace {
+		trace.Enable(stdout, cfg.identity, monotonic)
+		defer trace.Enable(nil, "", nil)
+	}
 
 	srv, closeBackend, status := newServer(cfg, limits, log, stderr)
 	if srv == nil {
@@ -499,6 +508,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	}
 	return serve(cfg, srv, lns, log, nofile, limits)
+}
+
+// monotonic is CLOCK_MONOTONIC in nanoseconds, the clock of the benchmark
+// programs' lines.
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // newServer opens the backend and builds the Server on it. On failure it

@@ -1,0 +1,48 @@
+package transport
+
+import (
+	"context"
+	"net/http/httptrace"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// A grant that leaves the client no idle connection makes it open a spare
+// one, so that the lease's release does not dial the elector: it goes
+// over a connection that was already open. The released lease's stream
+// keeps its connection too.
+func TestReleaseFindsAConnectionOpen(t *testing.T) {
+	e := startElector(t)
+	c := e.client()
+	l, err := c.Acquire(bg(), "spare", "web-1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.spares.idle.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no idle connection 10 s after the grant")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var reused, got atomic.Bool
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		got.Store(true)
+		reused.Store(i.Reused)
+	}})
+	if err := l.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if !got.Load() || !reused.Load() {
+		t.Errorf("the release dialed the elector (had a connection: %v, reused: %v), want it to reuse the spare", got.Load(), reused.Load())
+	}
+	// The stream ended with its released line, read to its end: its
+	// connection went back to the pool, beside the release's.
+	for c.spares.idle.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle connections after the release, want the stream's and the release's", c.spares.idle.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
