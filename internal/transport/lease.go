@@ -73,10 +73,6 @@ func (l *Lease) run(br *bufio.Reader, body io.ReadCloser) {
 		}
 		quiet.heard(ev)
 		if ev.Type == wire.EventReleased {
-			// The last line: the elector ends the response right after
-			// it. Reading to that end puts the connection back in the
-			// pool, for the next request, instead of closing it.
-			_, _ = io.Copy(io.Discard, io.LimitReader(br, maxLine))
 			break
 		}
 		if ev.Type == wire.EventLost {
@@ -109,10 +105,6 @@ func traceConn(ctx context.Context, step string) context.Context {
 		trace.Mark(step, "reused", strconv.FormatBool(i.Reused))
 	}})
 }
-
-// streamEndGrace bounds how long Release waits, after the elector has
-// answered the release, for the stream to end on its own before it cuts it.
-const streamEndGrace = 50 * time.Millisecond
 
 // errStreamBroke is wrapped in the error of a lease whose stream ended with
 // no last line (released or lost): the connection broke or fell silent.
@@ -161,10 +153,7 @@ func (l *Lease) Renew(ctx context.Context) (time.Duration, error) {
 
 // Release gives the lock up: one release request, then the stream is
 // closed (which alone would make the elector release it, should the request
-// have failed), and Release returns once the lease has ended. After a
-// release the elector answered, the stream is first given up to
-// streamEndGrace to end with its released line, read to its end, which
-// keeps its connection in the pool for reuse. Done is then
+// have failed), and Release returns once the lease has ended. Done is then
 // closed and Err is nil, unless a loss came first. Release on a lease that
 // has ended, here or at the elector (which answers 404 unknown_session), or
 // a second Release, does nothing and returns nil. The error,
@@ -180,18 +169,6 @@ func (l *Lease) Release(ctx context.Context) error {
 	err := l.c.post(traceConn(ctx, trace.ReleaseConn), l.c.lockURL(l.name, "release"), l.name, wire.SessionRequest{Session: l.session}, nil)
 	if errors.Is(err, errUnknownSession) {
 		err = nil // the lease ended at the elector before the request came: released all the same
-	}
-	if err == nil {
-		// The elector ends the stream with its released line as it
-		// releases; let run read it to its end, which keeps the
-		// stream's connection for reuse, for a moment at most.
-		t := time.NewTimer(streamEndGrace)
-		select {
-		case <-l.done:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
 	}
 	l.cancel()
 	<-l.done // prompt: cancelling the request ends run's read
