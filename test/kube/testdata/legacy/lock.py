@@ -30,8 +30,15 @@ period = period_ms / 1000.0  # the original's 10 s
 url = base + '/locks/' + name
 
 
+said = threading.Lock()
+
+
 def say(line):
-    print(line, flush=True)
+    # One line at a time: print writes the text and its newline apart, so
+    # the renewing thread's lines could otherwise land inside this one.
+    with said:
+        sys.stdout.write(line + '\n')
+        sys.stdout.flush()
 
 
 def request(method, headers):
