@@ -160,11 +160,20 @@ func fetchProfile(ctx context.Context, addr, path string) (*profile.Profile, err
 
 // getBody GETs url and returns its body, or an error for any status but 200.
 func getBody(ctx context.Context, url string) ([]byte, error) {
+	return getWith(ctx, http.DefaultClient, url, "")
+}
+
+// getWith GETs url with client, as bearer token if it is not empty, and
+// returns the body, or an error for any status but 200 that quotes it.
+func getWith(ctx context.Context, client *http.Client, url, token string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
