@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // A grant that leaves the client no idle connection makes it open a spare
@@ -18,13 +20,8 @@ func TestReleaseFindsAConnectionOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.spares.idle.Load() < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("no idle connection 10 s after the grant")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	require.Eventually(t, func() bool { return c.spares.idle.Load() >= 1 }, 10*time.Second, 5*time.Millisecond,
+		"no idle connection 10 s after the grant")
 	var reused, got atomic.Bool
 	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
 		got.Store(true)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/mpsync/mpsync/internal/wire"
 )
 
@@ -91,13 +93,8 @@ func TestHeldStreamNoticesCloseAfterExtraBytes(t *testing.T) {
 		t.Fatalf("holder %q, want web-1", h)
 	}
 	c.Close()
-	deadline := time.Now().Add(waitFor)
-	for e.state("extra").Holder != "" {
-		if time.Now().After(deadline) {
-			t.Fatal("the lock was not released after its holder closed the connection")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	require.Eventually(t, func() bool { return e.state("extra").Holder == "" }, waitFor, 10*time.Millisecond,
+		"the lock was not released after its holder closed the connection")
 }
 
 // TestProfiling: /debug/pprof/ is served only with Config.Profiling.

@@ -85,6 +85,17 @@ func queueTwo(t *testing.T, ctx context.Context, ns, name string, lease time.Dur
 	return a, b, c, g, got
 }
 
+// takenBy receives the next grant from got and checks that want made it,
+// with a token greater than that of after.
+func takenBy(t *testing.T, got <-chan served, want *testBackend, after backend.Grant) backend.Grant {
+	t.Helper()
+	s := <-got
+	require.NotNil(t, s.g, "a waiter failed")
+	assert.Same(t, want, s.by, "the lock went to %s", want.id)
+	assert.Greater(t, s.g.Token(), after.Token(), "token")
+	return s.g
+}
+
 // writes sums the Lease writes, and the 409 Conflicts among them, of bs.
 func writes(bs ...*testBackend) (n, conflicts int64) {
 	for _, b := range bs {
@@ -165,14 +176,11 @@ func TestBackendTurnOfGoneSuccessor(t *testing.T) {
 	l := getLease(t, cp.admin(t), ns, name)
 	assert.Empty(t, holderOf(l), "holder after the release")
 	assert.Equal(t, "e1", electorOf(l.Annotations[kube.SuccessorAnnotation]), "successor named by the release")
-	s := <-got
-	require.NotNil(t, s.g, "a waiter failed")
-	assert.Same(t, c, s.by, "the lock went to e2")
-	assert.Greater(t, s.g.Token(), g.Token(), "token")
+	next := takenBy(t, got, c, g)
 	l = getLease(t, cp.admin(t), ns, name)
 	assert.True(t, strings.HasPrefix(holderOf(l), "patient@e2#"), "holder %q", holderOf(l))
 	assert.NotContains(t, l.Annotations, kube.SuccessorAnnotation, "successor after the take")
-	release(t, s.g)
+	release(t, next)
 	cancel()
 	<-got
 }
@@ -206,12 +214,9 @@ func TestBackendTurnPassedOn(t *testing.T) {
 	require.Equal(t, "e1", electorOf(l.Annotations[kube.SuccessorAnnotation]), "successor named by the release")
 	wrote := b.writes.Load()
 	b.cut.Store(false)
-	s := <-got
-	require.NotNil(t, s.g, "the waiter failed")
-	assert.Same(t, c, s.by, "the lock went to e2")
+	next := takenBy(t, got, c, g)
 	assert.Equal(t, int64(1), b.writes.Load()-wrote, "writes of e1 once its watch resumed (passing its turn on)")
-	assert.Greater(t, s.g.Token(), g.Token(), "token")
-	release(t, s.g)
+	release(t, next)
 }
 
 // TestBackendQueueJoinKeepsHolder: other electors joining the queue write
