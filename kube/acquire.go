@@ -68,6 +68,9 @@ func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant,
 		if err != nil {
 			return nil, err
 		}
+		if p.grant != nil {
+			return p.grant, nil
+		}
 		if !p.write {
 			if !req.Wait {
 				return nil, p.refusal(b.ns, req.Name)
@@ -124,21 +127,27 @@ func (b *Backend) begin(req core.Request, d time.Duration, called time.Time) (*a
 		return nil, core.ErrClosed
 	}
 	b.active.Add(1)
-	a := &attempt{b: b, st: b.leaseLocked(req.Name), w: &waiter{}, req: req, d: d, called: called}
+	a := &attempt{b: b, st: b.leaseLocked(req.Name), w: &waiter{identity: req.Identity, d: d}, req: req, d: d, called: called}
 	if req.Wait {
 		a.st.queue = append(a.st.queue, a.w)
 	}
 	return a, nil
 }
 
-// plan is what an attempt does next: write (base is the version to
-// update, nil to create the Lease; join: add this Backend to the Lease's
-// queue rather than take it), or else wait for changed to close or, if
-// wait > 0, for wait to pass, naming who is in the way.
+// plan is what an attempt does next: return grant, a Lease handed to an
+// offer of this attempt's waiter (adopt, in decideLocked); or write (base
+// is the version to update, nil to create the Lease; join: add this
+// Backend to the Lease's queue rather than take it; confirm: the offer of
+// this attempt's waiter, named in base, that the write renews rather than
+// take the Lease afresh); or else wait for changed to close or, if wait >
+// 0, for wait to pass, naming who is in the way.
 type plan struct {
 	base    *coordinationv1.Lease
+	grant   *grant
+	adopt   *offer
 	write   bool
 	join    bool
+	confirm *offer
 	wait    time.Duration
 	changed <-chan struct{}
 	holder  string // the client identity of the holder, if there is one
@@ -150,10 +159,12 @@ func (p plan) refusal(ns, name string) error {
 	return &core.LockedError{Name: name, Holder: p.holder, Detail: fmt.Sprintf("%s holds %s/%s", p.who, ns, name)}
 }
 
-// plan decides the attempt's next step. For a write it counts the lock
-// as held by this Backend (failed gives it back), opens a session and
-// marks the write pending; it fails if the Backend has closed, is at its
-// MaxLocks, or the next token would not fit the Lease.
+// plan decides the attempt's next step. It adopts a Lease handed to an
+// offer of the attempt's waiter, making the grant. For a write it counts
+// the lock as held by this Backend (failed gives it back), opens a session
+// (or takes the confirmed offer's), makes an offer for the next waiter if
+// there is one, and marks the write pending. It fails if the Backend has
+// closed, is at its MaxLocks, or the next token would not fit the Lease.
 func (a *attempt) plan() (plan, error) {
 	b, st := a.b, a.st
 	b.mu.Lock()
@@ -163,6 +174,14 @@ func (a *attempt) plan() (plan, error) {
 	}
 	p := a.decideLocked()
 	p.changed = st.changed
+	if p.adopt != nil {
+		if err := a.roomLocked(); err != nil {
+			return plan{}, err
+		}
+		b.held++
+		p.grant = a.adoptLocked(p.base, p.adopt)
+		return p, nil
+	}
 	if p.write && !a.retryAt.IsZero() {
 		if until := b.clock.Until(a.retryAt); until > 0 {
 			p.write, p.wait = false, until
@@ -175,14 +194,18 @@ func (a *attempt) plan() (plan, error) {
 		st.joining = true
 		return p, nil
 	}
-	if b.maxLocks > 0 && b.held >= b.maxLocks {
-		return plan{}, fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
-			"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
-			core.ErrUnavailable, b.maxLocks, b.ns, a.req.Name)
+	if err := a.roomLocked(); err != nil {
+		return plan{}, err
 	}
-	a.token = max(st.token, transitions(p.base)) + 1
-	if a.resume {
+	a.confirm = p.confirm != nil
+	switch {
+	case a.confirm:
+		// The token and the holder the releaser wrote for the offer.
+		a.session, a.holder, a.token = p.confirm.session, p.confirm.holder, transitions(p.base)
+	case a.resume:
 		a.token = transitions(p.base)
+	default:
+		a.token = max(st.token, transitions(p.base)) + 1
 	}
 	if a.token > math.MaxInt32 {
 		return plan{}, fmt.Errorf("%w: kube: %s/%s: the next fencing token, %d, does not fit the Lease's spec.leaseTransitions "+
@@ -190,15 +213,29 @@ func (a *attempt) plan() (plan, error) {
 			errTokenLimit, b.ns, a.req.Name, a.token, math.MaxInt32)
 	}
 	b.held++ // given back by failed unless the write makes a grant
-	a.session = b.newSessionLocked(a.req.Legacy)
-	a.holder = b.holderIdentity(a.req.Identity, a.session)
-	st.pending = a.holder
-	others := len(st.queue) // waiters of this Backend besides this one
-	if slices.Contains(st.queue, a.w) {
-		others--
+	if !a.confirm {
+		a.session = b.newSessionLocked(a.req.Legacy)
+		a.holder = b.holderIdentity(a.req.Identity, a.session)
 	}
-	a.stay = others > 0
+	st.pending = a.holder
+	a.next = nil
+	if i := slices.IndexFunc(st.queue, func(w *waiter) bool { return w != a.w }); i >= 0 {
+		a.next = b.newOfferLocked(st, st.queue[i]) // the first of the others
+	}
+	a.stay = a.next != nil
 	return p, nil
+}
+
+// roomLocked fails if taking one more lock would exceed the Backend's
+// MaxLocks.
+func (a *attempt) roomLocked() error {
+	b := a.b
+	if b.maxLocks > 0 && b.held >= b.maxLocks {
+		return fmt.Errorf("%w: kube: this elector holds %d locks, the most its client-side rate limit "+
+			"to the API server can keep renewed (the elector's --kube-qps sets it); not taking %s/%s",
+			core.ErrUnavailable, b.maxLocks, b.ns, a.req.Name)
+	}
+	return nil
 }
 
 // errTokenLimit: the next fencing token of a lock would not fit the
@@ -287,7 +324,9 @@ func (b *Backend) dequeue(st *lease, w *waiter) {
 	for i, x := range st.queue {
 		if x == w {
 			st.queue = append(st.queue[:i], st.queue[i+1:]...)
-			b.withdrawLocked(st) // if that was the last waiter
+			st.pruneOffersLocked()
+			b.reconcileLocked(st) // a Lease handed to w's offer is released
+			b.withdrawLocked(st)  // if that was the last waiter
 			st.broadcast()
 			return
 		}
@@ -308,10 +347,17 @@ type attempt struct {
 	// resume: the write in flight takes over a legacy lease of an earlier
 	// process of this elector (Backend.resumable), keeping its token
 	resume bool
+	// confirm: the write in flight renews a Lease handed to an offer of
+	// this attempt's waiter too long ago to be granted as it is
+	// (Backend.freshLocked), keeping its holder and token
+	confirm bool
+	// next is the offer the write in flight publishes for the next waiter
+	// of this Backend, if there is one
+	next *offer
 	// token is the fencing token of the write in flight
 	token uint64
 	// stay: the write in flight keeps this Backend in the Lease's queue,
-	// at its tail, for the other waiters it has for the lock
+	// at its tail, with next, for the other waiters it has for the lock
 	stay bool
 	// retryAt: after a failed request, no write before then; backoff is
 	// the pause that set it, doubling with each failure
@@ -329,6 +375,13 @@ type attempt struct {
 func (a *attempt) decideLocked() plan {
 	st := a.st
 	a.resume = false
+	if o := st.handedLocked(holderOf(st.obj)); o != nil && o.w == a.w {
+		// Handed to this waiter by the releaser's write.
+		if a.b.freshLocked(o) {
+			return plan{base: st.obj, adopt: o}
+		}
+		return plan{base: st.obj, write: true, confirm: o}
+	}
 	switch {
 	case st.grant != nil:
 		h := clientIdentity(st.grant.holder)
@@ -420,7 +473,7 @@ func (a *attempt) write(ctx context.Context, base *coordinationv1.Lease) (*grant
 func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinationv1.Lease {
 	now := metav1.NewMicroTime(sent)
 	acquired := &now
-	if a.resume && base.Spec.AcquireTime != nil {
+	if (a.resume || a.confirm) && base.Spec.AcquireTime != nil {
 		acquired = base.Spec.AcquireTime.DeepCopy()
 	}
 	secs := leaseSeconds(a.d)
@@ -435,7 +488,9 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 	} else {
 		obj = base.DeepCopy()
 	}
-	setTurns(obj, taken(queueOf(obj), a.b.member(), a.stay), "")
+	t := turnsOf(obj)
+	t.queue, t.next = taken(t.queue, a.b.member(), a.stay), ""
+	t.withOffer(a.b.member(), a.next).set(obj)
 	obj.Spec.HolderIdentity = &a.holder
 	obj.Spec.LeaseDurationSeconds = &secs
 	obj.Spec.AcquireTime = acquired
@@ -444,8 +499,21 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 	return obj
 }
 
+// adoptLocked makes the grant of obj, a version of the Lease that a
+// releaser handed to offer o of the attempt's waiter: its token is the one
+// the releaser wrote, and its validity counts from o's sending.
+func (a *attempt) adoptLocked(obj *coordinationv1.Lease, o *offer) *grant {
+	a.session, a.holder, a.token = o.session, o.holder, transitions(obj)
+	trace.Mark(trace.Adopted)
+	g := a.grantLocked(nil, obj, o.sent)
+	a.b.log.Debug("lock handed over", zap.String("name", a.req.Name), zap.String("holder", a.holder),
+		zap.Uint64("token", a.token), zap.Duration("offered", a.b.clock.Since(o.sent)))
+	return g
+}
+
 // grantLocked makes the grant of a write sent at sent that replaced base
-// with res, and takes the attempt out of the queue.
+// with res (or of res as handed to an offer sent at sent), and takes the
+// attempt out of the queue.
 func (a *attempt) grantLocked(base, res *coordinationv1.Lease, sent time.Time) *grant {
 	b, st := a.b, a.st
 	g := &grant{
@@ -468,6 +536,7 @@ func (a *attempt) grantLocked(base, res *coordinationv1.Lease, sent time.Time) *
 			break
 		}
 	}
+	st.pruneOffersLocked()
 	b.observeLocked(st, res, false)
 	b.reconcileLocked(st) // a newer version already seen may name someone else
 	st.broadcast()

@@ -249,7 +249,7 @@ func (g *grant) Release(ctx context.Context) error {
 	g.st.releasing = g.holder
 	base := g.last
 	b.mu.Unlock()
-	err := b.clearHolder(ctx, g.st, base, g.holder, g.lease)
+	err := b.release(ctx, g.st, base, g.holder, g.lease)
 	b.mu.Lock()
 	if g.st.releasing == g.holder {
 		g.st.releasing = ""

@@ -571,7 +571,7 @@ func (b *Backend) Close(ctx context.Context) error {
 	releases.SetLimit(closeReleasers)
 	for i, h := range all {
 		releases.Go(func() error {
-			errs[i] = b.clearHolder(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
+			errs[i] = b.release(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
 			b.mu.Lock()
 			h.st.releasing = ""
 			b.mu.Unlock()

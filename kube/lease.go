@@ -40,8 +40,11 @@ type lease struct {
 	// pending is the holder identity of an acquisition in flight, and
 	// releasing that of a release in flight: neither is an orphan.
 	pending, releasing string
-	// orphanRV is the resourceVersion an orphan release is in flight for.
-	orphanRV string
+	// orphanRV is the resourceVersion an orphan release is in flight for
+	// (or failed for), and orphanBackoff the pause before the last failed
+	// one is tried again, doubling with each failure.
+	orphanRV      string
+	orphanBackoff time.Duration
 	// expired is the holder identity of this Backend's latest grant that
 	// ended at its validity deadline, and clearAfter the instant, on this
 	// Backend's clock, before which that holder must not be cleared from
@@ -52,6 +55,9 @@ type lease struct {
 	clearAfter time.Time
 	// queue holds the Acquire calls waiting here, first come first.
 	queue []*waiter
+	// offers are the offers this Backend has made for the Lease, for
+	// waiters in queue, oldest first (at most maxOffers).
+	offers []*offer
 	// joining: an Acquire's write adding this Backend to the Lease's
 	// queue is in flight. withdrawing: a write taking it out of the
 	// Lease's turns (withdrawLocked) is, and withdrawRV is the version
@@ -65,9 +71,12 @@ type lease struct {
 	changed chan struct{}
 }
 
-// waiter is one Acquire call queued for a lock. It is not of zero size, so
-// that pointers to distinct waiters differ.
-type waiter struct{ _ byte }
+// waiter is one Acquire call queued for a lock: the client identity and
+// the lease duration an offer made for it publishes.
+type waiter struct {
+	identity string
+	d        time.Duration
+}
 
 func (b *Backend) leaseLocked(name string) *lease {
 	st := b.leases[name]
@@ -202,7 +211,8 @@ func (b *Backend) goneLocked(st *lease) {
 // reconcileLocked ends this Backend's grant on the Lease if the Lease no
 // longer names it, and releases the Lease if it names a session of this
 // Backend that holds nothing (a write whose answer was lost, a renewal that
-// landed after its grant expired, an acquisition whose caller left).
+// landed after its grant expired, an acquisition whose caller left, an
+// offer handed the Lease after its waiter left).
 func (b *Backend) reconcileLocked(st *lease) {
 	h := holderOf(st.obj)
 	if g := st.grant; g != nil {
@@ -213,7 +223,7 @@ func (b *Backend) reconcileLocked(st *lease) {
 		b.log.Warn("lock lost: the lease names another holder",
 			zap.String("name", st.name), zap.String("session", g.session), zap.String("holder", h))
 	}
-	if h == "" || h == st.pending || h == st.releasing || !b.ownsSession(h) {
+	if h == "" || h == st.pending || h == st.releasing || st.offeredLocked(h) || !b.ownsSession(h) {
 		return
 	}
 	if st.orphanRV == st.obj.ResourceVersion || b.orphansEnd {
@@ -229,25 +239,42 @@ func (b *Backend) reconcileLocked(st *lease) {
 		defer b.orphans.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), maxRequestTimeout)
 		defer cancel()
-		err := b.clearHolder(ctx, st, obj, h, b.duration(obj))
+		err := b.release(ctx, st, obj, h, b.duration(obj))
 		b.log.Debug("released an orphaned lease", zap.String("name", st.name), zap.String("holder", h), zap.Error(err))
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if err == nil {
+			st.orphanBackoff = 0
+			return
+		}
+		// The request failed (release gives up on a conflict only once
+		// the Lease names someone else): try this version again after a
+		// backoff, unless a newer one has come meanwhile.
+		st.orphanBackoff = min(max(2*st.orphanBackoff, minBackoff), maxBackoff)
+		b.log.Warn("could not release an orphaned lease; retrying", zap.String("name", st.name),
+			zap.String("holder", h), zap.Duration("in", st.orphanBackoff), zap.Error(err))
+		b.clock.AfterFunc(st.orphanBackoff, func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if st.orphanRV == obj.ResourceVersion && st.obj == obj {
+				st.orphanRV = ""
+				b.reconcileLocked(st)
+			}
+		})
 	}()
 }
 
-// clearHolder releases the Lease for holder: an Update of base clearing
-// spec.holderIdentity that also hands the turn on (handOff): it names the
-// head of the Lease's queue as the successor, and puts this Backend back
-// at the tail if it has waiters of its own. On a conflict it reads the Lease again and retries
-// while it still names holder. d is the lease's duration, to bound each
-// request.
-func (b *Backend) clearHolder(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
+// release gives up the Lease for holder, a session of this Backend: an
+// Update of base that ends holder's term and hands the Lease on in the
+// same write (giveUpLocked): to the offer of the next elector in the
+// Lease's queue, or to this Backend's own next waiter, or else leaves it
+// free. On a conflict it reads the Lease again and retries while it still
+// names holder. d is the lease's duration, to bound each request.
+func (b *Backend) release(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
 	for range 3 {
-		obj := base.DeepCopy()
-		obj.Spec.HolderIdentity = nil
 		b.mu.Lock()
-		next, rest := handOff(queueOf(base), b.member(), b.waitingLocked(st))
+		obj := b.giveUpLocked(st, base, b.waitingLocked(st))
 		b.mu.Unlock()
-		setTurns(obj, rest, next)
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
 		trace.Mark(trace.ReleaseWriteSent)
 		res, err := b.client.Update(rctx, obj, metav1.UpdateOptions{})

@@ -47,6 +47,10 @@ const (
 	// WatchEvent: the Kubernetes backend's informer delivered a Lease
 	// event (field free=1 when it names no holder).
 	WatchEvent = "watch-event"
+	// Adopted: the Kubernetes backend has granted a Lease that a
+	// releaser's write handed to one of its offers, with no write of its
+	// own.
+	Adopted = "adopted"
 	// TakeWriteSent: the Kubernetes backend is sending the write that
 	// takes a Lease.
 	TakeWriteSent = "take-write-sent"
