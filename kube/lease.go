@@ -136,7 +136,8 @@ func (b *Backend) onEvent(obj any, deleted bool) {
 		return
 	}
 	if trace.Enabled() {
-		trace.Mark(trace.WatchEvent, "name", l.Name, "free", fmt.Sprint(holderOf(l) == ""), "rv", l.ResourceVersion)
+		trace.Mark(trace.WatchEvent, "name", l.Name, "free", fmt.Sprint(holderOf(l) == ""),
+			"holder", clientIdentity(holderOf(l)), "rv", l.ResourceVersion)
 	}
 	b.mu.Lock()
 	b.observeLocked(b.leaseLocked(l.Name), l, deleted)

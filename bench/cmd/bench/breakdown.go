@@ -17,12 +17,14 @@ import (
 // leading line, by the processes of the old leader (side 'a': its
 // candidate and elector) or of the next (side 'b').
 type handoverStep struct {
-	key   string // in leaderResult.steps
-	step  string // the step line's step, or the event of a measure line
-	side  byte
-	free  bool     // a watch event only if it shows the Lease free
-	after []string // the steps it is timed from: the first that happened
-	what  string
+	key  string // in leaderResult.steps
+	step string // the step line's step, or the event of a measure line
+	side byte
+	// released: a watch event only if it shows the Lease free or held
+	// by the next leader (whose identity is its side's letter)
+	released bool
+	after    []string // the steps it is timed from: the first that happened
+	what     string
 }
 
 // handoverSteps are the rows of the breakdown: first the way from the
@@ -34,12 +36,13 @@ var handoverSteps = []handoverStep{
 	{key: "term-ended", step: trace.TermEnded, side: 'a', after: []string{"signal"}, what: "→ its Lock's keeper sees the term end"},
 	{key: "release-sent", step: trace.ReleaseSent, side: 'a', after: []string{"term-ended"}, what: "→ it calls the transport's Release"},
 	{key: "release-received", step: trace.ReleaseReceived, side: 'a', after: []string{"release-sent"}, what: "→ its elector has read the release request"},
-	{key: "release-write-sent", step: trace.ReleaseWriteSent, side: 'a', after: []string{"release-received", "release-sent"}, what: "→ the release write (Update clearing the holder) is sent"},
-	{key: "watch-free", step: trace.WatchEvent, side: 'b', free: true, after: []string{"release-write-sent"}, what: "→ the next leader's Lease watch shows the Lease free"},
-	{key: "take-write-sent", step: trace.TakeWriteSent, side: 'b', after: []string{"watch-free"}, what: "→ its take write is sent"},
+	{key: "release-write-sent", step: trace.ReleaseWriteSent, side: 'a', after: []string{"release-received", "release-sent"}, what: "→ the release write (an Update naming the next holder) is sent"},
+	{key: "watch-event", step: trace.WatchEvent, side: 'b', released: true, after: []string{"release-write-sent"}, what: "→ the next leader's Lease watch shows the release"},
+	{key: "adopted", step: trace.Adopted, side: 'b', after: []string{"watch-event"}, what: "→ it grants the Lease handed to it, with no write"},
+	{key: "take-write-sent", step: trace.TakeWriteSent, side: 'b', after: []string{"watch-event"}, what: "→ or else its write (a take, or a confirmation of a stale offer) is sent"},
 	{key: "take-write-done", step: trace.TakeWriteDone, side: 'b', after: []string{"take-write-sent"}, what: "→ the API server has answered it"},
-	{key: "grant-sent", step: trace.GrantSent, side: 'b', after: []string{"take-write-done"}, what: "→ its elector has sent the grant on the acquire stream"},
-	{key: "acquired", step: trace.Acquired, side: 'b', after: []string{"grant-sent", "take-write-done"}, what: "→ the SDK's transport has returned the grant"},
+	{key: "grant-sent", step: trace.GrantSent, side: 'b', after: []string{"adopted", "take-write-done"}, what: "→ its elector has sent the grant on the acquire stream"},
+	{key: "acquired", step: trace.Acquired, side: 'b', after: []string{"grant-sent", "adopted", "take-write-done"}, what: "→ the SDK's transport has returned the grant"},
 	{key: "event-sent", step: trace.EventSent, side: 'b', after: []string{"acquired"}, what: "→ the Election hands the Leader event to its reader"},
 	{key: "leading", step: measure.EventLeading, side: 'b', after: []string{"event-sent"}, what: "→ the candidate has read it (its leading line)"},
 	{key: "release-write-done", step: trace.ReleaseWriteDone, side: 'a', after: []string{"release-write-sent"}, what: "old leader: the release write answered (from its sending)"},
@@ -49,7 +52,7 @@ var handoverSteps = []handoverStep{
 
 // pathSteps is how many of handoverSteps lie on the way to the new
 // leader's event.
-const pathSteps = 12
+const pathSteps = 13
 
 // stepTimes returns, for each of handoverSteps, when it first happened at
 // or after t0, in seconds since t0; steps that did not happen are left
@@ -66,7 +69,7 @@ func stepTimes(lines []tagged, t0 int64) map[string]float64 {
 			if l.Event == trace.Event {
 				name = l.Fields["step"]
 			}
-			if name != s.step || (s.free && l.Fields["free"] != "true") {
+			if name != s.step || (s.released && l.Fields["free"] != "true" && l.Fields["holder"] != string(s.side)) {
 				continue
 			}
 			t := float64(l.Mono-t0) / 1e9
@@ -102,9 +105,10 @@ func stepDeltas(s handoverStep, trials []map[string]float64) (delta, since []flo
 }
 
 // breakdownTable is the median of each step of the graceful handovers of
-// mpsync through electors and in-process, side by side.
-func breakdownTable(r *results) (measure.Table, bool) {
-	systems := []string{mpsyncSys.name, inprocSys.name}
+// mpsync through electors and in-process, side by side: of the trials
+// recorded under each system's name as key makes it.
+func breakdownTable(r *results, key func(string) string) (measure.Table, bool) {
+	systems := []string{key(mpsyncSys.name), key(inprocSys.name)}
 	t := measure.Table{Header: []string{"step of a graceful handover (median over the trials)",
 		"through electors: step, ms", "since SIGTERM, ms", "in-process: step, ms", "since SIGTERM, ms"}}
 	found := false

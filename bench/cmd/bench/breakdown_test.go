@@ -11,8 +11,9 @@ import (
 )
 
 // stepTimes takes each step's first line at or after the signal, from the
-// right side, and a watch event only if it shows the Lease free; each step
-// is timed from the first of its predecessors that happened.
+// right side, and a watch event only if it shows the Lease free or handed
+// to the next leader; each step is timed from the first of its
+// predecessors that happened.
 func TestStepTimes(t *testing.T) {
 	step := func(proc string, ms int64, name string, kv ...string) tagged {
 		l := measure.Line{Mono: 1e9 + ms*1e6, Event: trace.Event, ID: "x", Fields: map[string]string{"step": name}}
@@ -25,14 +26,15 @@ func TestStepTimes(t *testing.T) {
 		step("candidate-a", -5, trace.ReleaseSent), // before the signal
 		step("candidate-a", 1, trace.ReleaseSent),
 		step("candidate-a", 2, trace.ReleaseWriteSent),
-		step("candidate-b", 3, trace.WatchEvent, "free", "false"),
-		step("candidate-a", 4, trace.WatchEvent, "free", "true"), // the wrong side
-		step("candidate-b", 6, trace.WatchEvent, "free", "true"),
-		step("candidate-b", 7, trace.Acquired),
+		step("candidate-b", 3, trace.WatchEvent, "free", "false", "holder", "a"), // the old leader's renewal
+		step("candidate-a", 4, trace.WatchEvent, "free", "true"),                 // the wrong side
+		step("candidate-b", 6, trace.WatchEvent, "free", "false", "holder", "b"), // handed over
+		step("candidate-b", 7, trace.Adopted),
+		step("candidate-b", 8, trace.Acquired),
 		{proc: "candidate-b", Line: measure.Line{Mono: 1e9 + 9e6, Event: measure.EventLeading, ID: "b"}},
 	}
 	got := stepTimes(lines, 1e9)
-	want := map[string]float64{"release-sent": 0.001, "release-write-sent": 0.002, "watch-free": 0.006, "acquired": 0.007, "leading": 0.009}
+	want := map[string]float64{"release-sent": 0.001, "release-write-sent": 0.002, "watch-event": 0.006, "adopted": 0.007, "acquired": 0.008, "leading": 0.009}
 	if len(got) != len(want) {
 		t.Errorf("stepTimes = %v, want %v", got, want)
 	}
@@ -46,10 +48,9 @@ func TestStepTimes(t *testing.T) {
 			continue
 		}
 		delta, since := stepDeltas(s, []map[string]float64{got})
-		// No grant-sent in-process: timed from take-write-done, absent
-		// too here, so not timed at all.
-		if len(delta) != 0 || len(since) != 1 {
-			t.Errorf("stepDeltas(acquired) = %v, %v", delta, since)
+		// No grant-sent in-process: timed from the adoption.
+		if len(delta) != 1 || math.Abs(delta[0]-0.001) > 1e-9 || len(since) != 1 {
+			t.Errorf("stepDeltas(acquired) = %v, %v; want [0.001], [0.008]", delta, since)
 		}
 	}
 }

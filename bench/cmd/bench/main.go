@@ -39,6 +39,8 @@ type options struct {
 	controlplane, elector, bin, examples, rbac, namespace, out, logs string
 	command                                                          string
 	trials, failoverTrials, loadWindows, memHandovers, rtTrials      int
+	longTrials                                                       int
+	longHold                                                         time.Duration
 	window, rtDuration, kubePace, floorDuration, lease, renew, retry time.Duration
 	randStart                                                        uint64
 
@@ -70,6 +72,8 @@ func parseFlags() options {
 	flag.StringVar(&o.command, "command", "", "the command to record as having produced the results (default: this one)")
 	flag.IntVar(&o.trials, "trials", 7, "graceful handover trials per system")
 	flag.IntVar(&o.failoverTrials, "failover-trials", 5, "crash failover trials per system (0: none)")
+	flag.IntVar(&o.longTrials, "long-trials", 3, "graceful handover trials of mpsync (through electors and in-process) after a long hold (0: none)")
+	flag.DurationVar(&o.longHold, "long-hold", 0, "how long the leader holds before the signal in the long-hold trials (0: twice the lease duration)")
 	flag.IntVar(&o.loadWindows, "load-windows", 3, "idle-load windows per system, and of the quiet baseline")
 	flag.DurationVar(&o.window, "window", 60*time.Second, "length of each idle-load window")
 	flag.IntVar(&o.memHandovers, "memory-handovers", 21, "lock handovers on the memory backend")
@@ -93,7 +97,7 @@ func parseFlags() options {
 	flag.DurationVar(&o.scaleShippedWindow, "scale-shipped-window", time.Minute, "the same with the limit as shipped (0: not run)")
 	only := flag.String("only", "", "comma-separated `parts` to run, of "+strings.Join(parts, ", ")+" (default all)")
 	flag.Parse()
-	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 0 ||
+	bad := flag.NArg() > 0 || o.controlplane == "" || o.trials < 1 || o.failoverTrials < 0 || o.longTrials < 0 || o.longHold < 0 ||
 		o.loadWindows < 1 || o.window <= 0 || o.memHandovers < 1 || o.rtTrials < 1 ||
 		o.contendTrials < 1 || o.contendClients < 1 || o.contendElectors < 1 || o.contendWindow <= 0 ||
 		!(o.raisedQPS > 0) || o.crowdTrials < 1 || o.crowdClients < 1 || o.scaleLocks < 1 || o.scaleWindow <= 0 || o.scaleShippedWindow < 0
@@ -268,7 +272,7 @@ func (h *harness) floor(ctx context.Context, o options, r *results, began time.T
 
 // elections runs the leader-election trials, graceful handovers then crash
 // failovers, client-go and mpsync interleaved so that a slow spell on the
-// machine hits both.
+// machine hits both; then mpsync's graceful handovers after a long hold.
 func (h *harness) elections(ctx context.Context, o options, r *results) error {
 	for _, crash := range []bool{false, true} {
 		kind, trials := "handover", o.trials
@@ -281,12 +285,12 @@ func (h *harness) elections(ctx context.Context, o options, r *results) error {
 				// mpsync's handovers are traced, step by step; the
 				// outsiders' and client-go's are not.
 				h.tracing = !crash && sys.name != clientGo.name
-				h.leaderTrialInto(ctx, r, sys, kind, crash, which)
+				h.leaderTrialInto(ctx, r, sys, kind, crash, 0, which)
 				h.tracing = false
 			}
 			if !crash {
 				for _, sys := range h.outsiders() {
-					h.leaderTrialInto(ctx, r, sys, kind, crash, which)
+					h.leaderTrialInto(ctx, r, sys, kind, crash, 0, which)
 				}
 			}
 			if ctx.Err() != nil {
@@ -294,26 +298,58 @@ func (h *harness) elections(ctx context.Context, o options, r *results) error {
 			}
 		}
 	}
+	for i := range o.longTrials {
+		which := fmt.Sprintf("%d/%d", i+1, o.longTrials)
+		for _, sys := range h.systems() {
+			if sys.name == clientGo.name {
+				continue
+			}
+			h.tracing = true
+			h.leaderTrialInto(ctx, r, sys, "handover", false, o.longHoldOf(), which)
+			h.tracing = false
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
 	return nil
 }
 
-// leaderTrialInto runs one leader trial of sys and records it in r, unless
+// longHoldOf is the hold of the long-hold handover trials: -long-hold, or
+// twice the lease duration.
+func (o options) longHoldOf() time.Duration {
+	if o.longHold > 0 {
+		return o.longHold
+	}
+	return 2 * o.lease
+}
+
+// longKey is the key, in results.handover and results.steps, of sys's
+// handovers after a long hold.
+func longKey(sys string) string { return sys + " after a long hold" }
+
+// leaderTrialInto runs one leader trial of sys (after a hold of hold, or
+// of leaderTrial's random wait if hold is 0) and records it in r, unless
 // an earlier trial of that kind failed.
-func (h *harness) leaderTrialInto(ctx context.Context, r *results, sys system, kind string, crash bool, which string) {
-	key := kind + "/" + sys.name
+func (h *harness) leaderTrialInto(ctx context.Context, r *results, sys system, kind string, crash bool, hold time.Duration, which string) {
+	name := sys.name
+	if hold > 0 {
+		name = longKey(sys.name)
+	}
+	key := kind + "/" + name
 	if r.errs[key] != "" {
 		return
 	}
-	res, err := h.leaderTrial(ctx, sys, crash)
+	res, err := h.leaderTrial(ctx, sys, crash, hold)
 	if !r.record(ctx, key, err) {
 		return
 	}
 	if !crash {
-		r.handover[sys.name] = append(r.handover[sys.name], res.fromSignal)
+		r.handover[name] = append(r.handover[name], res.fromSignal)
 		if res.steps != nil {
-			r.steps[sys.name] = append(r.steps[sys.name], res.steps)
+			r.steps[name] = append(r.steps[name], res.steps)
 		}
-		progress("%s %s %s: %.3f s", kind, which, sys.name, res.fromSignal)
+		progress("%s %s %s: %.3f s", kind, which, name, res.fromSignal)
 		return
 	}
 	r.failover[sys.name] = append(r.failover[sys.name], res.fromSignal)

@@ -124,15 +124,20 @@ func renderReport(r *results, h *harness, o options, in info) string {
 	p("A crashed in-process holder's lock is taken about one lease duration after its last renewal: nothing is left to release it. A sidecar elector that outlives its crashed client notices the connection drop and releases at once; that case is not timed here (the crash failover above kills the elector too, as a pod crash does).")
 	p("")
 
-	if t, ok := breakdownTable(r); ok {
+	if t, ok := breakdownTable(r, func(sys string) string { return sys }); ok {
 		p("### Graceful handover, step by step (issue 16)")
 		p("")
-		p("Every mpsync handover trial above, through electors and in-process, is traced: each process of ours prints a line stamped with CLOCK_MONOTONIC at each step (package internal/trace; the candidates' `-trace`, the electors' `--test-trace`). A step is timed from the one before it; a step that only electors have is \"—\" in-process. The new leader's watch event and the old leader's answer to its release write race; the next leader waits only for the first.")
+		p("Every mpsync handover trial above, through electors and in-process, is traced: each process of ours prints a line stamped with CLOCK_MONOTONIC at each step (package internal/trace; the candidates' `-trace`, the electors' `--test-trace`). A step is timed from the one before it; a step that did not happen in any trial (only electors have some; a take or confirming write only when the Lease was not handed over as it was) is \"—\". The new leader's watch event and the old leader's answer to its release write race; the next leader waits only for the first.")
+		p("")
+		p("%s", t.Markdown())
+	}
+	if t, ok := breakdownTable(r, longKey); ok {
+		p("After a long hold (the leader held %v before the signal, so the follower's offer was older than half a validity and it waited longer than a lease), %d trials per system, step by step as above. The follower's elector confirms the Lease handed to it with a write of its own, and the SDK, whose deadline counts from a request sent before the wait, renews before it reports the Leader event (between \"returned the grant\" and \"hands the Leader event\").", o.longHoldOf(), o.longTrials)
 		p("")
 		p("%s", t.Markdown())
 	}
 	if len(r.handover[exampleSys.name])+len(r.handover[exampleInprocSys.name]) > 0 {
-		p("%s", outsiderTable(r, h).Markdown())
+		p("%s", outsiderTable(r, h, o).Markdown())
 		p("The outsider's way: the shipped example programs (`bin/election` through an elector of its own, `bin/inprocess` with `kube.NewTransport`'s defaults), untraced, two separate processes; the harness times its SIGTERM to the moment it reads the new leader's \"I am the leader\" line from its stdout pipe, which adds the pipe and the harness's scheduling to the figure.")
 		p("")
 	}
@@ -163,7 +168,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		p("- %s: %s", name, strings.Join(s, ", "))
 	}
 	allSystems := []string{clientGo.name, mpsyncSys.name, inprocSys.name}
-	for _, sys := range append(allSystems, exampleSys.name, exampleInprocSys.name) {
+	for _, sys := range append(allSystems, exampleSys.name, exampleInprocSys.name, longKey(mpsyncSys.name), longKey(inprocSys.name)) {
 		list("graceful handover, "+sys+", s", r.handover[sys], 1, secs)
 	}
 	for _, sys := range allSystems {
@@ -207,7 +212,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 
 // outsiderTable sets the handovers of the example programs beside those of
 // the traced benchmark candidates of the same run.
-func outsiderTable(r *results, h *harness) measure.Table {
+func outsiderTable(r *results, h *harness, o options) measure.Table {
 	t := measure.Table{Header: []string{"graceful handover, SIGTERM to the leader → next leader, ms", "through electors", "in-process", "goal (issue 16)"}}
 	f := func(sys string) string { return measure.Summarize(r.handover[sys]).Format(msec, 1e-3) }
 	el := func(sys string) string {
@@ -220,6 +225,10 @@ func outsiderTable(r *results, h *harness) measure.Table {
 		[]string{"the benchmark candidates (traced), their own leading line", el(mpsyncSys.name), f(inprocSys.name), "p50 ≤ 12"},
 		[]string{"the example programs (untraced), as the harness reads their output", el(exampleSys.name), f(exampleInprocSys.name), "p50 ≤ 12"},
 	)
+	if len(r.handover[longKey(mpsyncSys.name)])+len(r.handover[longKey(inprocSys.name)]) > 0 {
+		t.Rows = append(t.Rows, []string{fmt.Sprintf("the benchmark candidates (traced) after the leader held %v", o.longHoldOf()),
+			el(longKey(mpsyncSys.name)), f(longKey(inprocSys.name)), "report"})
+	}
 	return t
 }
 

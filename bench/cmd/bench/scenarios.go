@@ -242,11 +242,11 @@ func (h *harness) phaseSpread() time.Duration {
 
 // leaderTrial runs two candidates of sys on a fresh Lease, waits until one
 // leads and the other follows it, waits 1 s plus a random part of
-// phaseSpread, then stops the leader:
+// phaseSpread (or hold, if it is not 0), then stops the leader:
 // with SIGTERM, or with SIGKILL to it and its elector when crash is true.
 // It times the signal → the follower's "leading" line, and for a crash
 // also the last change of the Lease before the signal → that line.
-func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool) (leaderResult, error) {
+func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool, hold time.Duration) (leaderResult, error) {
 	kind := "handover"
 	if crash {
 		kind = "failover"
@@ -280,7 +280,10 @@ func (h *harness) leaderTrial(ctx context.Context, sys system, crash bool) (lead
 	}); err != nil {
 		return leaderResult{}, err
 	}
-	if err := sleep(ctx, time.Second+time.Duration(h.rng.Int64N(int64(h.phaseSpread())))); err != nil {
+	if hold == 0 {
+		hold = time.Second + time.Duration(h.rng.Int64N(int64(h.phaseSpread())))
+	}
+	if err := sleep(ctx, hold); err != nil {
 		return leaderResult{}, err
 	}
 	t0 := measure.Now()
