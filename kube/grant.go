@@ -234,8 +234,10 @@ func (g *grant) reread(ctx context.Context) (*coordinationv1.Lease, error) {
 }
 
 // Release implements backend.Grant: it ends the grant (Err stays nil) and
-// clears spec.holderIdentity, keeping spec.leaseTransitions. Waiters on
-// every elector learn of it from their watch. If the write fails the error
+// ends its term in the Lease with one write, which hands the Lease to the
+// next waiter's offer, if one is queued, or else clears
+// spec.holderIdentity (Backend.release). Waiters on every elector learn
+// of it from their watch. If the write fails the error
 // says so and the Lease is taken by others after its duration. Releasing a
 // grant that has ended does nothing and returns nil.
 func (g *grant) Release(ctx context.Context) error {

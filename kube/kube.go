@@ -13,11 +13,11 @@
 // a fresh value for every acquisition, increments spec.leaseTransitions (the
 // fencing token), and sets acquireTime and renewTime to the elector's clock
 // and leaseDurationSeconds to the lease duration rounded up to whole seconds.
-// A renewal rewrites renewTime; a release clears holderIdentity and keeps
-// everything else, so the token counter survives. Every write is an Update
-// conditioned on the resourceVersion last seen (or a Create), so of two
-// electors racing for a lock one gets a conflict and loses; there are never
-// two winners.
+// A renewal rewrites renewTime; a release clears holderIdentity, or hands
+// the Lease to the next waiter in the same write (below), and the token
+// counter only grows. Every write is an Update conditioned on the
+// resourceVersion last seen (or a Create), so of two electors racing for a
+// lock one gets a conflict and loses; there are never two winners.
 //
 // # Legacy locks across an elector restart
 //
@@ -49,7 +49,9 @@
 // and the moment, on this process's monotonic clock, when it first saw the
 // Lease's spec as it is (a write changing only metadata, such as the queue
 // below, does not restart it; every acquisition and renewal changes the
-// spec). A waiter learns of a release from the watch and writes at once. A
+// spec). A waiter learns of a release from the watch: a release that
+// hands it the Lease (below) is its grant, and a release that leaves the
+// Lease free it takes with one write at once. A
 // Lease that still names a holder is taken only after its
 // spec.leaseDurationSeconds (as written in the Lease) of this elector's
 // time since it last saw the Lease's spec change; wall-clock timestamps written by other hosts (renewTime,
@@ -61,39 +63,55 @@
 // # Taking turns across electors
 //
 // Waiters of one Backend queue first come first. Across electors they
-// take turns through two annotations of the Lease that only mpsync
-// electors write (QueueAnnotation, SuccessorAnnotation):
+// take turns through three annotations of the Lease that only mpsync
+// electors write (QueueAnnotation, OffersAnnotation, SuccessorAnnotation):
 //
 //   - mpsync.github.io/queue, a JSON array of the electors waiting for the
 //     Lease, oldest first, each as "<elector identity>#<instance>" (the
 //     Backend's random session prefix, so that a restarted elector is a
 //     new member). An elector with a waiter for a Lease held or reserved
 //     by someone else adds itself with one conditional Update, once: it
-//     stays while it has waiters, since each take of its own puts it back
-//     at the tail in the same write if it has more.
-//   - mpsync.github.io/next, on a released Lease: the member whose turn it
-//     is. The release (the write clearing spec.holderIdentity) pops the
-//     head of the queue, other than the releaser, into it, and puts the
-//     releaser at the tail if it still has waiters (or names the releaser
-//     itself if nobody else waits).
+//     stays while it has waiters, since each release of its own puts it
+//     back at the tail in the same write if it has more.
+//   - mpsync.github.io/offers, for each member in the queue, its offer:
+//     the holder identity ("<client>@<elector>#<session>", a session of
+//     its own) it would write for its first waiter, and that waiter's
+//     lease duration. A member publishes its offer in the write that puts
+//     it in the queue.
+//   - mpsync.github.io/next, on a free Lease: a successor that made no
+//     offer (an elector of an older version), named by a release.
 //
-// The named successor takes the Lease with its usual conditional write,
-// which clears next. Other electors leave a free Lease that names another
-// as successor alone for the Lease's spec.leaseDurationSeconds of their own
-// time since they saw that version, the rule for any lease: a successor
-// that is gone costs one lease duration, and the taker then drops its
-// name. A successor whose waiters left passes its turn on (one write naming
-// the next), and an elector whose waiters all left takes itself out of
-// the queue. So a contended handover across electors is two writes, a
-// release and a take, with no race between electors.
+// # Handing over in one write
 //
-// The annotations decide only who tries: holderIdentity alone says who
-// holds, and every write is still conditioned on the resourceVersion, so
-// exclusion and the token order are what they were. client-go candidates
-// and older electors ignore the annotations (and keep them, as they update
-// the object they read): safe, merely unfair. A holder's renewals and
-// release build on the newest version its watch shows naming it, so the
-// joins of others cost it no conflict.
+// A release (the write ending a holder's term) pops the head of the queue,
+// other than the releaser, and writes its offer as spec.holderIdentity with
+// the next spec.leaseTransitions and the offer's lease duration, putting
+// the releaser at the tail with an offer of its own if it still has
+// waiters; with nobody else queued it writes a new offer of its own next
+// waiter. The successor's watch shows the Lease naming its offer, and it
+// grants the lock to that waiter with no write of its own: the grant's
+// validity counts from when the successor sent the write that published
+// the offer. That is safe by the rule every write follows: the Lease names
+// the offer only because the releaser read it from the successor's write,
+// so the handover was written after that write landed, after it was sent;
+// and everyone else counts the new holder's lease from when they saw the
+// handover, later still. A successor whose offer is older than half a
+// validity confirms the Lease with a write of its own (same holder, same
+// token, a new renewTime) before it grants it, so that a grant is never
+// short of time; one whose waiter has left releases the Lease like any
+// lease naming a session of its own that holds nothing, handing it on. A
+// successor that is gone costs one lease duration, like any holder. A
+// member without an offer is named in mpsync.github.io/next instead and
+// takes the free Lease with its own conditional write; other electors
+// leave it to that member for the Lease's duration of their own time.
+//
+// The annotations decide only who is next: holderIdentity alone says who
+// holds, every write is still conditioned on the resourceVersion, and
+// every acquisition still writes a fresh holder identity and the next
+// token. client-go candidates and older electors ignore the annotations
+// (and keep them, as they update the object they read): safe, merely
+// unfair. A holder's renewals and release build on the newest version its
+// watch shows naming it, so the joins of others cost it no conflict.
 //
 // # Losing a lock
 //
