@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mpsync/mpsync/internal/core"
 	"github.com/mpsync/mpsync/internal/trace"
 )
 
@@ -164,7 +165,7 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 		}
 		trace.Mark(trace.Acquired)
 		deadline := start.Add(lease.Validity())
-		if v := lease.Validity(); time.Until(deadline) < v/2 {
+		if v := lease.Validity(); stale(v, time.Since(start)) {
 			// The wait ate much of the validity that counts from the
 			// request: renew now for a fresh deadline before acting.
 			sent := time.Now()
@@ -191,6 +192,22 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 		cfg.logger.Debug("acquired", zap.Uint64("token", lease.Token()))
 		return startTerm(ctx, cfg, lease, deadline), nil
 	}
+}
+
+// stale reports whether a lease granted validity v, counted from a request
+// sent elapsed ago, has less than half of its validity left: less than half
+// of what it gives beyond the wait it counts in. A backend counts the time
+// an acquisition waited into its validity shrunk by the drift bound, so a
+// long wait (about 25 leases and more) leaves the deadline near even though
+// the lease was just written; and the Kubernetes backend grants a Lease
+// handed over by another's write counting from an earlier write of its own.
+// Such a lease is renewed before the holder acts on it. A lease granted
+// after a shorter wait is not: its deadline is about a lease away, and the
+// term renews it at a third of what is left.
+func stale(v, elapsed time.Duration) bool {
+	left := v - elapsed
+	beyond := v - core.LeastElapsed(elapsed)
+	return left < beyond/2
 }
 
 // releaseBounded gives lease up, bounded by releaseTimeout.

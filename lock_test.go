@@ -154,43 +154,60 @@ func TestElectorClosedEndsTerm(t *testing.T) {
 	}
 }
 
-// A waiter that waited longer than half the validity renews before Lock
-// returns, so that its deadline counts from a recent request.
+// A waiter whose wait left it less than half its validity renews before
+// Lock returns, so that its deadline counts from a recent request: the
+// memory table counts the wait into the validity shrunk by the drift
+// bound, which after 30 leases leaves 14.45s - 2% of 450s = 5.45s. After
+// a wait of two leases 13.85s are left, and Lock returns without a
+// renewal.
 func TestLongWaitRenewsFirst(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
-		defer f.Close()
-		a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
-		tr := newStuck(f)
-		b, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("b"))
-		if _, err := a.Lock(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		got := make(chan context.Context)
-		go func() {
-			held, err := b.Lock(t.Context())
-			if err != nil {
-				t.Error(err)
-			}
-			got <- held
-		}()
-		time.Sleep(2 * lease)
-		a.Unlock()
-		held := <-got
-		if n := tr.renews.Load(); n != 1 {
-			t.Errorf("%d renewals before Lock returned, want 1", n)
-		}
-		start := time.Now()
-		tr.stuck.Store(true)
-		go func() { time.Sleep(time.Hour); close(tr.release) }()
-		<-held.Done()
-		if d := time.Since(start); d != 14450*time.Millisecond {
-			t.Errorf("term lasted %v after the renewal, want 14.45s", d)
-		}
-		tr.stuck.Store(false)
-		b.Unlock()
-		time.Sleep(time.Hour)
-	})
+	for _, c := range []struct {
+		wait   time.Duration
+		renews int32
+	}{
+		{2 * lease, 0},
+		{30 * lease, 1},
+	} {
+		t.Run(c.wait.String(), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+				defer f.Close()
+				a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
+				tr := newStuck(f)
+				b, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("b"))
+				if _, err := a.Lock(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				got := make(chan context.Context)
+				go func() {
+					held, err := b.Lock(t.Context())
+					if err != nil {
+						t.Error(err)
+					}
+					got <- held
+				}()
+				time.Sleep(c.wait)
+				a.Unlock()
+				held := <-got
+				if n := tr.renews.Load(); n != c.renews {
+					t.Errorf("%d renewals before Lock returned, want %d", n, c.renews)
+				}
+				until, _ := mpsync.ValidUntil(held)
+				if left := time.Until(until); left < 13*time.Second || left > 14450*time.Millisecond {
+					t.Errorf("the term's deadline %v away, want 13s to 14.45s", left)
+				}
+				tr.stuck.Store(true)
+				go func() { time.Sleep(time.Hour); close(tr.release) }()
+				<-held.Done()
+				if now := time.Now(); !now.Equal(until) {
+					t.Errorf("the term ended at %v, want at its deadline %v", now, until)
+				}
+				tr.stuck.Store(false)
+				b.Unlock()
+				time.Sleep(time.Hour)
+			})
+		})
+	}
 }
 
 func TestNewLockValidates(t *testing.T) {
