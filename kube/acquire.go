@@ -37,17 +37,21 @@ const (
 // or has not changed for its spec.leaseDurationSeconds of this elector's
 // time (an Update conditioned on the version seen). Otherwise it fails with
 // a *core.LockedError (errors.Is core.ErrLocked) that names the holder, or,
-// with req.Wait, queues behind earlier Acquire calls of this Backend and
-// writes as soon as the watch shows the Lease released or the observed
-// lease expires; a failed request is retried with backoff. A conflicting
-// write is a lost race: the Lease is read again and the decision made
-// afresh.
+// with req.Wait, queues behind earlier Acquire calls of this Backend (and
+// this Backend in the Lease's queue, with an offer for its first waiter)
+// and is granted as soon as the watch shows a release that handed the
+// Lease to its offer (no write of its own, or one confirming an old
+// offer), or writes as soon as the watch shows the Lease left free or the
+// observed lease expires; a failed request is retried with backoff. A
+// conflicting write is a lost race: the Lease is read again and the
+// decision made afresh.
 //
 // Acquire returns ctx.Err() if ctx ends first, leaving nothing held (a
 // write already sent is released), and core.ErrClosed once Close has begun.
 // It fails, without writing, when the next fencing token would not fit the
 // Lease's int32 spec.leaseTransitions. The grant's Validity counts from the
-// call, the time until the write that took the Lease was sent included.
+// call, the time until the write that took the Lease was sent included
+// (for a Lease handed over, the write that published the offer).
 func (b *Backend) Acquire(ctx context.Context, req core.Request) (backend.Grant, error) {
 	called := b.clock.Now()
 	d, err := b.leaseFor(ctx, req)
@@ -127,7 +131,8 @@ func (b *Backend) begin(req core.Request, d time.Duration, called time.Time) (*a
 		return nil, core.ErrClosed
 	}
 	b.active.Add(1)
-	a := &attempt{b: b, st: b.leaseLocked(req.Name), w: &waiter{identity: req.Identity, d: d}, req: req, d: d, called: called}
+	w := &waiter{identity: req.Identity, d: d, legacy: req.Legacy}
+	a := &attempt{b: b, st: b.leaseLocked(req.Name), w: w, req: req, d: d, called: called}
 	if req.Wait {
 		a.st.queue = append(a.st.queue, a.w)
 	}
@@ -279,8 +284,8 @@ func (a *attempt) failed(ctx context.Context, err error) error {
 	if !a.req.Wait {
 		return fmt.Errorf("kube: acquire %s/%s: %w", b.ns, a.req.Name, err)
 	}
-	a.backoff = min(max(2*a.backoff, minBackoff), maxBackoff)
-	pause := a.backoff/2 + rand.N(a.backoff/2+1)
+	d := backoff(&a.backoff)
+	pause := d/2 + rand.N(d/2+1)
 	a.retryAt = b.clock.Now().Add(pause)
 	b.log.Warn("acquire failed; retrying", zap.String("name", a.req.Name), zap.Duration("in", pause), zap.Error(err))
 	return nil
@@ -367,20 +372,17 @@ type attempt struct {
 	conflicts int
 }
 
-// decideLocked says whether to write now (base is the version to update,
-// nil to create the Lease), or else how long until the observed lease
-// expires (0 if only a change can help) and who is in the way. A legacy
-// request writes at once over a live lease that Backend.resumable allows it
-// to resume, and sets a.resume.
+// decideLocked says whether to adopt a Lease handed to an offer of this
+// attempt's waiter (handoverLocked), or to write now (base is the version
+// to update, nil to create the Lease), or else how long until the observed
+// lease expires (0 if only a change can help) and who is in the way. A
+// legacy request writes at once over a live lease that Backend.resumable
+// allows it to resume, and sets a.resume.
 func (a *attempt) decideLocked() plan {
 	st := a.st
 	a.resume = false
 	if o := st.handedLocked(holderOf(st.obj)); o != nil && o.w == a.w {
-		// Handed to this waiter by the releaser's write.
-		if a.b.freshLocked(o) {
-			return plan{base: st.obj, adopt: o}
-		}
-		return plan{base: st.obj, write: true, confirm: o}
+		return a.handoverLocked(o)
 	}
 	switch {
 	case st.grant != nil:
@@ -408,6 +410,12 @@ func (a *attempt) decideLocked() plan {
 	if left <= 0 {
 		return plan{base: st.obj, write: true}
 	}
+	if a.b.ownsSession(h) {
+		// A session of this Backend that holds nothing: reconcileLocked
+		// is releasing it, to this Backend's first waiter if there is
+		// one (its turn is not lost by joining the queue again).
+		return plan{wait: left, who: "a release by this elector"}
+	}
 	if h != "" && a.req.Legacy && a.b.resumable(h, a.req.Identity) && transitions(st.obj) == st.token {
 		a.resume = true
 		return plan{base: st.obj, write: true}
@@ -420,6 +428,25 @@ func (a *attempt) decideLocked() plan {
 	}
 	c := clientIdentity(h)
 	return plan{wait: left, holder: c, who: strconv.Quote(c)}
+}
+
+// handoverLocked is the plan for the Lease as a release handed it to offer
+// o of this attempt's waiter: adopt it as it is if it lasts at least the
+// waiter's lease, carries a token greater than every one seen before its
+// holder, and o is fresh (Backend.freshLocked); confirm it with a write of
+// its own (the same holder and token) if only o's age is against it; and
+// take it afresh (a new session, the next token) if its duration or token
+// are not what the releaser should have written (an edited offer, a Lease
+// deleted and made again).
+func (a *attempt) handoverLocked(o *offer) plan {
+	st := a.st
+	switch {
+	case a.b.duration(st.obj) < o.w.d || transitions(st.obj) <= st.tokenBefore:
+		return plan{base: st.obj, write: true}
+	case !a.b.freshLocked(o):
+		return plan{base: st.obj, write: true, confirm: o}
+	}
+	return plan{base: st.obj, adopt: o}
 }
 
 // errAbandoned: the write succeeded but the caller left or the Backend
@@ -476,6 +503,7 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 	if (a.resume || a.confirm) && base.Spec.AcquireTime != nil {
 		acquired = base.Spec.AcquireTime.DeepCopy()
 	}
+	renewed := now
 	secs := leaseSeconds(a.d)
 	trans := int32(a.token) // plan checked that it fits
 	var obj *coordinationv1.Lease
@@ -487,6 +515,7 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 		}}
 	} else {
 		obj = base.DeepCopy()
+		renewed = renewStamp(base, sent) // a confirmation changes the spec by it alone
 	}
 	t := turnsOf(obj)
 	t.queue, t.next = taken(t.queue, a.b.member(), a.stay), ""
@@ -494,7 +523,7 @@ func (a *attempt) object(base *coordinationv1.Lease, sent time.Time) *coordinati
 	obj.Spec.HolderIdentity = &a.holder
 	obj.Spec.LeaseDurationSeconds = &secs
 	obj.Spec.AcquireTime = acquired
-	obj.Spec.RenewTime = &now
+	obj.Spec.RenewTime = &renewed
 	obj.Spec.LeaseTransitions = &trans
 	return obj
 }

@@ -251,7 +251,7 @@ func (g *grant) Release(ctx context.Context) error {
 	g.st.releasing = g.holder
 	base := g.last
 	b.mu.Unlock()
-	err := b.release(ctx, g.st, base, g.holder, g.lease)
+	err := b.release(ctx, g.st, base, g.holder, g.lease, false)
 	b.mu.Lock()
 	if g.st.releasing == g.holder {
 		g.st.releasing = ""

@@ -95,12 +95,17 @@
 // the offer only because the releaser read it from the successor's write,
 // so the handover was written after that write landed, after it was sent;
 // and everyone else counts the new holder's lease from when they saw the
-// handover, later still. A successor whose offer is older than half a
-// validity confirms the Lease with a write of its own (same holder, same
-// token, a new renewTime) before it grants it, so that a grant is never
-// short of time; one whose waiter has left releases the Lease like any
-// lease naming a session of its own that holds nothing, handing it on. A
-// successor that is gone costs one lease duration, like any holder. A
+// handover, later still. The offer's session ends in random digits, so
+// that no Lease can name it before it was published. A successor whose
+// offer is older than half a validity confirms the Lease with a write of
+// its own (same holder, same token, a later renewTime) before it grants
+// it, so that a grant is never short of time; one handed a Lease whose
+// duration is shorter than its waiter's lease, or whose token is not above
+// every token it saw before (an edited annotation, a Lease made again),
+// takes it afresh with a write of its own. One whose first waiter has left
+// releases the Lease like any lease naming a session of its own that holds
+// nothing, to its next waiter if it has one (it keeps its turn) or else
+// on. A successor that is gone costs one lease duration, like any holder. A
 // member without an offer is named in mpsync.github.io/next instead and
 // takes the free Lease with its own conditional write; other electors
 // leave it to that member for the Lease's duration of their own time.
@@ -492,6 +497,18 @@ func (b *Backend) Watch(ctx context.Context, name string, fn func(core.Holder)) 
 	}
 }
 
+// Waiting returns how many Acquire calls of this Backend wait for the lock
+// name now: those queued first come first behind the lock's holder or
+// another waiter.
+func (b *Backend) Waiting(name string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st := b.leases[name]; st != nil {
+		return len(st.queue)
+	}
+	return 0
+}
+
 // onWatchError is the lease informer's watch error handler (instead of
 // client-go's, which logs through klog): a refusal by the API server, such
 // as a service account without the RoleBinding, is one error line in the
@@ -589,7 +606,7 @@ func (b *Backend) Close(ctx context.Context) error {
 	releases.SetLimit(closeReleasers)
 	for i, h := range all {
 		releases.Go(func() error {
-			errs[i] = b.release(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease)
+			errs[i] = b.release(ctx, h.st, h.g.lastWritten(), h.g.holder, h.g.lease, false)
 			b.mu.Lock()
 			h.st.releasing = ""
 			b.mu.Unlock()

@@ -33,17 +33,22 @@ type lease struct {
 	// duration has passed since.
 	seen time.Time
 	// token is the greatest spec.leaseTransitions ever seen, so that a
-	// Lease deleted and created again does not reuse tokens.
-	token uint64
+	// Lease deleted and created again does not reuse tokens; tokenBefore
+	// is the greatest seen before the holder obj names (or before obj
+	// left the Lease free): a term handed to this Backend must have a
+	// greater one.
+	token, tokenBefore uint64
 	// grant is this Backend's live acquisition of the Lease, if any.
 	grant *grant
 	// pending is the holder identity of an acquisition in flight, and
 	// releasing that of a release in flight: neither is an orphan.
 	pending, releasing string
-	// orphanRV is the resourceVersion an orphan release is in flight for
-	// (or failed for), and orphanBackoff the pause before the last failed
-	// one is tried again, doubling with each failure.
-	orphanRV      string
+	// orphaning: a release of a Lease naming a session of this Backend
+	// that holds nothing is in flight. After one fails, none starts
+	// before orphanRetry; orphanBackoff is the pause that set it,
+	// doubling with each failure.
+	orphaning     bool
+	orphanRetry   time.Time
 	orphanBackoff time.Duration
 	// expired is the holder identity of this Backend's latest grant that
 	// ended at its validity deadline, and clearAfter the instant, on this
@@ -72,10 +77,12 @@ type lease struct {
 }
 
 // waiter is one Acquire call queued for a lock: the client identity and
-// the lease duration an offer made for it publishes.
+// the lease duration an offer made for it publishes, and whether it is a
+// legacy request (core.Request.Legacy), whose sessions are marked.
 type waiter struct {
 	identity string
 	d        time.Duration
+	legacy   bool
 }
 
 func (b *Backend) leaseLocked(name string) *lease {
@@ -168,6 +175,9 @@ func (b *Backend) observeLocked(st *lease, obj *coordinationv1.Lease, deleted bo
 	if deleted || !sameTerm(st.obj, obj) {
 		st.seen = b.clock.Now()
 	}
+	if deleted || st.obj == nil || holderOf(obj) != holderOf(st.obj) {
+		st.tokenBefore = st.token
+	}
 	if deleted {
 		st.obj = nil
 	} else {
@@ -224,57 +234,70 @@ func (b *Backend) reconcileLocked(st *lease) {
 		b.log.Warn("lock lost: the lease names another holder",
 			zap.String("name", st.name), zap.String("session", g.session), zap.String("holder", h))
 	}
-	if h == "" || h == st.pending || h == st.releasing || st.offeredLocked(h) || !b.ownsSession(h) {
+	if h == "" || h == st.pending || h == st.releasing || st.handedLocked(h) != nil || !b.ownsSession(h) {
 		return
 	}
-	if st.orphanRV == st.obj.ResourceVersion || b.orphansEnd {
+	if st.orphaning || b.orphansEnd || b.clock.Now().Before(st.orphanRetry) {
 		return
 	}
 	if h == st.expired && b.clock.Now().Before(st.clearAfter) {
 		return // armLocked reconciles again at clearAfter
 	}
-	st.orphanRV = st.obj.ResourceVersion
+	st.orphaning = true
 	obj := st.obj
 	b.orphans.Add(1)
 	go func() {
 		defer b.orphans.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), maxRequestTimeout)
 		defer cancel()
-		err := b.release(ctx, st, obj, h, b.duration(obj))
+		err := b.release(ctx, st, obj, h, b.duration(obj), true)
 		b.log.Debug("released an orphaned lease", zap.String("name", st.name), zap.String("holder", h), zap.Error(err))
 		b.mu.Lock()
 		defer b.mu.Unlock()
+		st.orphaning = false
 		if err == nil {
 			st.orphanBackoff = 0
+			b.reconcileLocked(st) // a version seen meanwhile may need it again
 			return
 		}
 		// The request failed (release gives up on a conflict only once
-		// the Lease names someone else): try this version again after a
-		// backoff, unless a newer one has come meanwhile.
-		st.orphanBackoff = min(max(2*st.orphanBackoff, minBackoff), maxBackoff)
+		// the Lease names someone else): try again after a backoff.
+		pause := backoff(&st.orphanBackoff)
+		st.orphanRetry = b.clock.Now().Add(pause)
 		b.log.Warn("could not release an orphaned lease; retrying", zap.String("name", st.name),
-			zap.String("holder", h), zap.Duration("in", st.orphanBackoff), zap.Error(err))
-		b.clock.AfterFunc(st.orphanBackoff, func() {
-			b.mu.Lock()
-			defer b.mu.Unlock()
-			if st.orphanRV == obj.ResourceVersion && st.obj == obj {
-				st.orphanRV = ""
-				b.reconcileLocked(st)
-			}
-		})
+			zap.String("holder", h), zap.Duration("in", pause), zap.Error(err))
+		b.retryLocked(st, pause, b.reconcileLocked)
 	}()
+}
+
+// backoff doubles *d, from minBackoff to at most maxBackoff, and returns
+// it: the pause before a failed request is tried again.
+func backoff(d *time.Duration) time.Duration {
+	*d = min(max(2**d, minBackoff), maxBackoff)
+	return *d
+}
+
+// retryLocked calls fn with st, under b.mu, once pause has passed.
+func (b *Backend) retryLocked(st *lease, pause time.Duration, fn func(*lease)) {
+	b.clock.AfterFunc(pause, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		fn(st)
+	})
 }
 
 // release gives up the Lease for holder, a session of this Backend: an
 // Update of base that ends holder's term and hands the Lease on in the
 // same write (giveUpLocked): to the offer of the next elector in the
 // Lease's queue, or to this Backend's own next waiter, or else leaves it
-// free. On a conflict it reads the Lease again and retries while it still
-// names holder. d is the lease's duration, to bound each request.
-func (b *Backend) release(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration) error {
+// free. keepTurn hands it to this Backend's own next waiter first, for a
+// holder that held nothing (an orphan). On a conflict it reads the Lease
+// again and retries while it still names holder. d is the lease's
+// duration, to bound each request.
+func (b *Backend) release(ctx context.Context, st *lease, base *coordinationv1.Lease, holder string, d time.Duration, keepTurn bool) error {
 	for range 3 {
 		b.mu.Lock()
-		obj := b.giveUpLocked(st, base, b.waitingLocked(st))
+		obj := b.giveUpLocked(st, base, b.waitingLocked(st), keepTurn)
 		b.mu.Unlock()
 		rctx, cancel := context.WithTimeout(ctx, requestTimeout(d))
 		trace.Mark(trace.ReleaseWriteSent)

@@ -2,6 +2,8 @@ package kube
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"slices"
@@ -229,27 +231,29 @@ const maxOffers = 4
 
 // newOfferLocked makes a new offer of this Backend for w and remembers it
 // in st, so that a Lease handed to it is adopted, not released, for as
-// long as w waits. Call it just before building the write that publishes
-// it.
+// long as w waits (it forgets the oldest offer beyond maxOffers, never the
+// one the Lease names). Call it just before building the write that
+// publishes it. The offer's session ends in random digits: nobody can
+// write a Lease naming it before this Backend has published it, which the
+// validity of a handover rests on.
 func (b *Backend) newOfferLocked(st *lease, w *waiter) *offer {
-	session := b.newSessionLocked(false)
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:]) // crypto/rand.Read does not fail
+	session := b.newSessionLocked(w.legacy) + "-" + hex.EncodeToString(rnd[:])
 	o := &offer{w: w, session: session, holder: b.holderIdentity(w.identity, session), sent: b.clock.Now()}
-	if len(st.offers) == maxOffers {
-		st.offers = slices.Delete(st.offers, 0, 1)
+	if len(st.offers) >= maxOffers {
+		named := holderOf(st.obj)
+		if i := slices.IndexFunc(st.offers, func(o *offer) bool { return o.holder != named }); i >= 0 {
+			st.offers = slices.Delete(st.offers, i, i+1)
+		}
 	}
 	st.offers = append(st.offers, o)
 	return o
 }
 
-// offeredLocked reports whether holder is one of st's offers whose waiter
-// still waits: a Lease naming it is for that waiter to adopt, not to be
-// released.
-func (st *lease) offeredLocked(holder string) bool {
-	return st.handedLocked(holder) != nil
-}
-
 // handedLocked is the offer named holder whose waiter still waits, nil if
-// there is none.
+// there is none: a Lease naming it is that waiter's to adopt, not an
+// orphan to release.
 func (st *lease) handedLocked(holder string) *offer {
 	for _, o := range st.offers {
 		if o.holder == holder && slices.Contains(st.queue, o.w) {
@@ -275,37 +279,39 @@ func (b *Backend) freshLocked(o *offer) bool {
 
 // giveUpLocked is the version of the Lease that replaces base when this
 // Backend gives it up: its release, or a named successor passing its turn
-// on. stay says whether this Backend still has waiters for the Lease. The
-// head of the queue other than this Backend is next (handOff), and the
-// Lease goes, in the same write, to its offer if it made one, written as
-// the holder with the next token; to this Backend's own first waiter (a
-// new offer) when nobody else waits and stay; or else it is left free,
-// naming a next that made no offer (an elector of an older version) as
-// successor. If stay and another is next, this Backend goes to the tail of
-// the queue with an offer for its first waiter.
-func (b *Backend) giveUpLocked(st *lease, base *coordinationv1.Lease, stay bool) *coordinationv1.Lease {
+// on. stay says whether this Backend still has waiters for the Lease.
+// The next holder is the head of the queue other than this Backend
+// (handOff), or, if keepTurn and stay, this Backend's own first waiter
+// (the Lease came to this Backend for a session that holds nothing: its
+// turn is not over). The Lease goes to it in the same write: to its offer
+// (the next member's, or a new one of this Backend's own first waiter),
+// written as the holder with the next token; or else it is left free,
+// naming a next member that made no offer (an elector of an older
+// version) as successor. If stay and another member is next, this Backend
+// goes to the tail of the queue with an offer for its first waiter.
+func (b *Backend) giveUpLocked(st *lease, base *coordinationv1.Lease, stay, keepTurn bool) *coordinationv1.Lease {
 	me := b.member()
 	t := turnsOf(base)
 	next, rest := handOff(t.queue, me, stay)
+	if keepTurn && stay {
+		next, rest = me, without(t.queue, me)
+	}
 	var mine *offer
 	if stay {
 		mine = b.newOfferLocked(st, st.queue[0])
 	}
-	to, named := t.offers[next]
+	to, ok := t.offers[next]
+	if next == me {
+		to, ok = mine.offered(), true
+	}
 	t.queue, t.next = rest, ""
-	switch {
-	case next == me:
-		to, named = mine.offered(), true
-	case mine != nil:
+	if mine != nil && next != me {
 		t = t.withOffer(me, mine)
 	}
 	obj := base.DeepCopy()
 	obj.Spec.HolderIdentity = nil
-	if named && !b.handToLocked(st, obj, to) && next != me {
-		named = false
-	}
-	if !named && next != me {
-		t.next = next
+	if (!ok || !b.handToLocked(st, obj, to)) && next != me {
+		t.next = next // "" if nobody is next
 	}
 	t.set(obj)
 	return obj
@@ -397,7 +403,7 @@ func (b *Backend) withdrawLocked(st *lease) {
 	base := st.obj
 	var obj *coordinationv1.Lease
 	if named {
-		obj = b.giveUpLocked(st, base, false)
+		obj = b.giveUpLocked(st, base, false, false)
 	} else {
 		t := turnsOf(base)
 		t.queue = without(t.queue, me)
@@ -421,12 +427,10 @@ func (b *Backend) withdrawLocked(st *lease) {
 		case !apierrors.IsConflict(err):
 			// Not a newer version (which the watch brings, and with it
 			// another try) but a failed request: try this one again.
-			st.withdrawBackoff = min(max(2*st.withdrawBackoff, minBackoff), maxBackoff)
+			pause := backoff(&st.withdrawBackoff)
 			b.log.Warn("could not leave the queue of a lease; retrying (meanwhile others wait out this elector's turn)",
-				zap.String("name", st.name), zap.Duration("in", st.withdrawBackoff), zap.Error(err))
-			b.clock.AfterFunc(st.withdrawBackoff, func() {
-				b.mu.Lock()
-				defer b.mu.Unlock()
+				zap.String("name", st.name), zap.Duration("in", pause), zap.Error(err))
+			b.retryLocked(st, pause, func(st *lease) {
 				if st.withdrawRV == base.ResourceVersion {
 					st.withdrawRV = ""
 					b.withdrawLocked(st)

@@ -104,8 +104,9 @@ func giveUpCase(in turns, waiters int) (*Backend, *lease, *coordinationv1.Lease)
 // TestGiveUp: a release hands the Lease in the same write to the offer of
 // the next elector in the queue (the next token; the releaser, if it has
 // waiters, at the tail with an offer of its own), or to its own first
-// waiter when nobody else waits, or leaves it free naming a next without
-// an offer, or plainly free.
+// waiter when nobody else waits or it releases an orphan of its own (its
+// turn), or leaves it free naming a next without an offer, or plainly
+// free.
 func TestGiveUp(t *testing.T) {
 	b2 := offered{Holder: "c2@e2#bb-4", Seconds: 9}
 	for _, c := range []struct {
@@ -126,9 +127,14 @@ func TestGiveUp(t *testing.T) {
 			"", "old#dd", []string{"e2#bb", "me#aa"}, true},
 		{"only the releaser's own waiters", turns{}, 2, "mine", "", nil, false},
 		{"the releaser leaves the queue", turns{queue: []string{"me#aa"}}, 0, "", "", nil, false},
+		{"an orphan keeps the turn for the releaser's own waiter", turns{queue: []string{"me#aa", "e2#bb"}, offers: map[string]offered{"e2#bb": b2}}, 1,
+			"mine", "", []string{"e2#bb"}, false},
+		{"an orphan with no waiter of its own hands on", turns{queue: []string{"e2#bb"}, offers: map[string]offered{"e2#bb": b2}}, 0,
+			b2.Holder, "", nil, false},
 	} {
 		b, st, base := giveUpCase(c.in, c.waiters)
-		obj := b.giveUpLocked(st, base, c.waiters > 0)
+		orphan := strings.HasPrefix(c.whatCase, "an orphan")
+		obj := b.giveUpLocked(st, base, c.waiters > 0, orphan)
 		out := turnsOf(obj)
 		want := c.holder
 		if want == "mine" {
@@ -166,13 +172,61 @@ func TestGiveUpTokenLimit(t *testing.T) {
 	b, st, base := giveUpCase(turns{queue: []string{"e2#bb"}, offers: map[string]offered{"e2#bb": {Holder: "c@e2#bb-1", Seconds: 15}}}, 0)
 	top := int32(math.MaxInt32)
 	base.Spec.LeaseTransitions = &top
-	obj := b.giveUpLocked(st, base, false)
+	obj := b.giveUpLocked(st, base, false, false)
 	assert.Empty(t, holderOf(obj), "holder")
 	assert.Equal(t, "e2#bb", successorOf(obj), "the next is named instead")
 }
 
+// TestHandover: a Lease handed to an offer is adopted as it is when fresh,
+// confirmed when the offer is old, and taken afresh when its duration is
+// shorter than the waiter's lease or its token not above every one seen
+// before (an edited offer, a Lease made again).
+func TestHandover(t *testing.T) {
+	for _, c := range []struct {
+		whatCase    string
+		seconds     int32
+		tokenBefore uint64
+		age         time.Duration
+		adopt       bool
+		confirm     bool
+	}{
+		{"fresh", 15, 6, 0, true, false},
+		{"old", 15, 6, 8 * time.Second, false, true},
+		{"shorter than the waiter's lease", 14, 6, 0, false, false},
+		{"a token seen before", 15, 7, 0, false, false},
+	} {
+		clk := &stepClock{now: time.Unix(1e9, 0)}
+		b := &Backend{identity: "me", instance: "aa", clock: clk, lease: 15 * time.Second}
+		w := &waiter{identity: "w", d: 15 * time.Second}
+		st := &lease{name: "l", queue: []*waiter{w}, tokenBefore: c.tokenBefore}
+		o := b.newOfferLocked(st, w)
+		clk.now = clk.now.Add(c.age)
+		trans := int32(7)
+		holder := o.holder
+		st.obj = &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseTransitions: &trans, LeaseDurationSeconds: &c.seconds}}
+		a := &attempt{b: b, st: st, w: w, d: w.d}
+		p := a.decideLocked()
+		assert.Equal(t, c.adopt, p.adopt == o, "%s: adopted", c.whatCase)
+		assert.Equal(t, c.confirm, p.confirm == o, "%s: confirmed", c.whatCase)
+		assert.Equal(t, !c.adopt, p.write, "%s: a write", c.whatCase)
+		assert.Same(t, st.obj, p.base, "%s: on the version seen", c.whatCase)
+	}
+}
+
+// stepClock is a clock.Clock that stands still until a test moves it.
+type stepClock struct {
+	clock.Real
+	now time.Time
+}
+
+func (c *stepClock) Now() time.Time                  { return c.now }
+func (c *stepClock) Since(t time.Time) time.Duration { return c.now.Sub(t) }
+func (c *stepClock) Until(t time.Time) time.Duration { return t.Sub(c.now) }
+
 // TestOffers: an offer is adoptable while its waiter waits, forgotten when
-// it leaves, and a Backend remembers at most maxOffers for one Lease.
+// it leaves; its session is this Backend's, random past its number, and
+// marked for a legacy waiter; a Backend remembers at most maxOffers for
+// one Lease, never forgetting the one the Lease names.
 func TestOffers(t *testing.T) {
 	b := &Backend{identity: "me", instance: "aa", clock: clock.Real{}}
 	st := &lease{name: "l"}
@@ -181,17 +235,25 @@ func TestOffers(t *testing.T) {
 	o1 := b.newOfferLocked(st, w1)
 	o2 := b.newOfferLocked(st, w2)
 	assert.Same(t, o1, st.handedLocked(o1.holder))
-	assert.True(t, st.offeredLocked(o2.holder))
-	assert.False(t, st.offeredLocked("one@me#aa-99"), "no such offer")
+	assert.True(t, st.handedLocked(o2.holder) != nil)
+	assert.False(t, st.handedLocked("one@me#aa-99") != nil, "no such offer")
 	assert.True(t, b.freshLocked(o1), "a new offer")
 	st.queue = []*waiter{w2}
 	st.pruneOffersLocked()
-	assert.False(t, st.offeredLocked(o1.holder), "its waiter left")
-	assert.True(t, st.offeredLocked(o2.holder), "the other's")
+	assert.False(t, st.handedLocked(o1.holder) != nil, "its waiter left")
+	assert.True(t, st.handedLocked(o2.holder) != nil, "the other's")
+	assert.True(t, b.ownsSession(o2.holder), "an offer's session is this Backend's")
+	assert.Regexp(t, `^aa-\d+-[0-9a-f]{8}$`, o2.session, "an offer's session")
+	legacy := b.newOfferLocked(st, &waiter{identity: "me", d: time.Minute, legacy: true})
+	assert.True(t, strings.HasPrefix(legacy.session, legacyMarker), "a legacy waiter's offer %q", legacy.session)
+
+	named := o2.holder
+	st.obj = &coordinationv1.Lease{Spec: coordinationv1.LeaseSpec{HolderIdentity: &named}}
 	for range 2 * maxOffers {
 		b.newOfferLocked(st, w2)
 	}
 	assert.Len(t, st.offers, maxOffers)
+	assert.Same(t, o2, st.handedLocked(named), "the offer the Lease names is kept")
 }
 
 // TestSameTerm: a version that changes only the queue or other metadata

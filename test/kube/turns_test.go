@@ -138,6 +138,7 @@ func TestBackendTurnsRoundRobin(t *testing.T) {
 	for _, b := range els {
 		wait(t, ctx, b, name, b.id+"-a", got)
 		wait(t, ctx, b, name, b.id+"-b", got)
+		require.Eventually(t, func() bool { return b.Waiting(name) == 2 }, waitFor, 5*time.Millisecond, "%s's waiters", b.id)
 		queued = append(queued, b.id)
 		waitQueued(t, ns, name, queued...)
 	}
@@ -316,6 +317,8 @@ func TestBackendTurnPassedOn(t *testing.T) {
 	wc := c.writes.Load()
 	b.cut.Store(false)
 	next := takenBy(t, got, c, g)
+	// e2 may see e1's write before e1 has its answer, which counts it.
+	require.Eventually(t, func() bool { return b.writes.Load()-b.conflicts.Load() > wrote }, waitFor, 5*time.Millisecond, "e1's write counted")
 	assert.Equal(t, int64(1), b.writes.Load()-b.conflicts.Load()-wrote, "writes of e1 once its watch resumed (giving the Lease on)")
 	assert.Zero(t, c.writes.Load()-wc, "writes of e2, handed the Lease by e1")
 	release(t, next)
@@ -389,5 +392,124 @@ func TestBackendQueueJoinKeepsHolder(t *testing.T) {
 	s = <-got
 	require.NotNil(t, s.g, "a waiter failed")
 	assert.Same(t, c, s.by, "then to the second")
+	release(t, s.g)
+}
+
+// TestBackendEditedOfferDuration: a handover whose lease duration is not
+// the successor's own (its offer edited by hand to 1 s) is not adopted as
+// it is: the successor takes the Lease afresh with its own duration, so
+// that nobody may take it a second after the handover while its grant,
+// timed by its own 15 s lease, lives.
+func TestBackendEditedOfferDuration(t *testing.T) {
+	ns := namespace(t)
+	const lease = 15 * time.Second
+	const name = "edited-offer"
+	a, b, c := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
+	g := acquire(t, a, name, "holder", true)
+	ctx, cancel := context.WithTimeout(bg(), waitFor)
+	defer cancel()
+	got := make(chan served, 1)
+	wait(t, ctx, b, name, "next", got)
+	waitQueued(t, ns, name, "e1")
+
+	admin := cp.admin(t)
+	l := getLease(t, admin, ns, name)
+	var offers map[string]map[string]any
+	require.NoError(t, json.Unmarshal([]byte(l.Annotations[kube.OffersAnnotation]), &offers))
+	for m := range offers {
+		offers[m]["seconds"] = 1
+	}
+	edited, err := json.Marshal(offers)
+	require.NoError(t, err)
+	l.Annotations[kube.OffersAnnotation] = string(edited)
+	_, err = admin.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{})
+	require.NoError(t, err, "the edit")
+	seenBy(t, a, c, name+"-marker")
+
+	release(t, g)
+	next := takenBy(t, got, b, g)
+	assert.Equal(t, g.Token()+2, next.Token(), "token: past the handover's, by a take of its own")
+	l = getLease(t, admin, ns, name)
+	assert.Equal(t, "next@e1#"+next.Session(), holderOf(l), "holder")
+	require.NotNil(t, l.Spec.LeaseDurationSeconds)
+	assert.Equal(t, int32(15), *l.Spec.LeaseDurationSeconds, "the Lease's duration after the grant")
+	time.Sleep(1500 * time.Millisecond) // past the edited duration: the point of the test
+	_, err = c.Acquire(ctx, core.Request{Name: name, Identity: "third"})
+	assert.ErrorIs(t, err, core.ErrLocked, "a third elector's TryLock while e1 holds")
+	assert.NoError(t, next.Err(), "e1's grant")
+	release(t, next)
+}
+
+// TestBackendTokenAfterRecreate: an elector handed a Lease that was
+// deleted and made again (its token counter restarted below what this
+// elector granted before) takes it afresh with a token above every one it
+// has seen, rather than adopt the lower token the release wrote.
+func TestBackendTokenAfterRecreate(t *testing.T) {
+	ns := namespace(t)
+	const lease = 15 * time.Second
+	const name = "recreated"
+	b := newBackend(t, ns, "e1", lease)
+	var top uint64
+	for range 5 {
+		g := acquire(t, b, name, "early", false)
+		top = g.Token()
+		release(t, g)
+	}
+	admin := cp.admin(t)
+	ctx, cancel := context.WithTimeout(bg(), waitFor)
+	defer cancel()
+	require.NoError(t, admin.CoordinationV1().Leases(ns).Delete(ctx, name, metav1.DeleteOptions{}))
+	watchUntil(t, b, name, "the Lease gone", func(h core.Holder) bool { return h.Identity == "" })
+	a := newBackend(t, ns, "e0", lease) // never saw the old Lease
+	g := acquire(t, a, name, "holder", true)
+	require.Less(t, g.Token(), top, "the token of the Lease made again")
+	got := make(chan served, 1)
+	wait(t, ctx, b, name, "next", got)
+	waitQueued(t, ns, name, "e1")
+	seenBy(t, a, b, name+"-marker")
+	release(t, g)
+	next := takenBy(t, got, b, g)
+	assert.Greater(t, next.Token(), top, "token granted by e1 after it granted %d", top)
+	assert.Equal(t, transitionsOf(getLease(t, admin, ns, name)), next.Token(), "token in the Lease")
+	release(t, next)
+}
+
+// TestBackendHeadLeavesKeepsTurn: an elector queued first, whose first
+// waiter leaves before the release hands the Lease to that waiter's offer,
+// gives the Lease to its next waiter in one write: it keeps its turn,
+// ahead of the elector queued after it.
+func TestBackendHeadLeavesKeepsTurn(t *testing.T) {
+	ns := namespace(t)
+	const lease = 15 * time.Second
+	const name = "head-leaves"
+	a, b, c := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
+	g := acquire(t, a, name, "holder", true)
+	quit, stop := context.WithCancel(bg())
+	left := make(chan served, 1)
+	wait(t, quit, b, name, "quitter", left)
+	waitQueued(t, ns, name, "e1")
+	ctx, cancel := context.WithTimeout(bg(), waitFor)
+	defer cancel()
+	got := make(chan served, 2)
+	wait(t, ctx, b, name, "e1-second", got)
+	require.Eventually(t, func() bool { return b.Waiting(name) == 2 }, waitFor, 5*time.Millisecond, "e1's second waiter waits")
+	wait(t, ctx, c, name, "e2-first", got)
+	waitQueued(t, ns, name, "e1", "e2")
+	stop()
+	<-left
+	seenBy(t, a, c, name+"-marker")
+	wb, cb := b.writes.Load(), b.conflicts.Load()
+	release(t, g)
+	s := <-got
+	require.NotNil(t, s.g, "a waiter failed")
+	assert.Same(t, b, s.by, "the lock went to e1, queued first")
+	// e1's waiter may see its write before e1 has its answer, which counts it.
+	require.Eventually(t, func() bool { return b.writes.Load() > wb }, waitFor, 5*time.Millisecond, "e1's write counted")
+	assert.Equal(t, int64(1), b.writes.Load()-wb, "writes of e1 (handing the Lease on to its second waiter)")
+	assert.Zero(t, b.conflicts.Load()-cb, "409 Conflicts of e1")
+	release(t, s.g)
+	s = <-got
+	require.NotNil(t, s.g, "a waiter failed")
+	assert.Same(t, c, s.by, "then to e2")
 	release(t, s.g)
 }
