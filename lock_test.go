@@ -154,6 +154,28 @@ func TestElectorClosedEndsTerm(t *testing.T) {
 	}
 }
 
+// lockAfter has another holder take "test" on f, calls b.Lock, lets the
+// other hold the lock for wait while b waits, and returns b's leadership
+// context once the other has unlocked.
+func lockAfter(t *testing.T, f *mpsynctest.Elector, b *mpsync.Lock, wait time.Duration) context.Context {
+	t.Helper()
+	a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
+	if _, err := a.Lock(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan context.Context)
+	go func() {
+		held, err := b.Lock(t.Context())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- held
+	}()
+	time.Sleep(wait)
+	a.Unlock()
+	return <-got
+}
+
 // A waiter whose wait left it less than half its validity renews before
 // Lock returns, so that its deadline counts from a recent request: the
 // memory table counts the wait into the validity shrunk by the drift
@@ -172,23 +194,9 @@ func TestLongWaitRenewsFirst(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
 				defer f.Close()
-				a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
 				tr := newStuck(f)
 				b, _ := mpsync.NewLock("test", mpsync.WithTransport(tr), mpsync.WithIdentity("b"))
-				if _, err := a.Lock(t.Context()); err != nil {
-					t.Fatal(err)
-				}
-				got := make(chan context.Context)
-				go func() {
-					held, err := b.Lock(t.Context())
-					if err != nil {
-						t.Error(err)
-					}
-					got <- held
-				}()
-				time.Sleep(c.wait)
-				a.Unlock()
-				held := <-got
+				held := lockAfter(t, f, b, c.wait)
 				if n := tr.renews.Load(); n != c.renews {
 					t.Errorf("%d renewals before Lock returned, want %d", n, c.renews)
 				}
@@ -281,22 +289,8 @@ func TestFirstRenewalAfterLongWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
 		defer f.Close()
-		a, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("a"))
 		b, _ := mpsync.NewLock("test", mpsync.WithTransport(f.Transport()), mpsync.WithIdentity("b"))
-		if _, err := a.Lock(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		got := make(chan context.Context)
-		go func() {
-			held, err := b.Lock(t.Context())
-			if err != nil {
-				t.Error(err)
-			}
-			got <- held
-		}()
-		time.Sleep(3 * lease)
-		a.Unlock()
-		held := <-got
+		held := lockAfter(t, f, b, 3*lease)
 		time.Sleep(5 * lease)
 		if held.Err() != nil {
 			t.Fatalf("b lost the lock it was renewing: %v", context.Cause(held))

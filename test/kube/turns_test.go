@@ -72,6 +72,21 @@ func wait(t *testing.T, ctx context.Context, b *testBackend, name, identity stri
 	}()
 }
 
+// queueOne starts two electors in ns, e0 and e1, with lease duration
+// lease: e0 takes name for "holder", then e1 queues a waiter "next"
+// (waiting until ctx ends) whose grant arrives on got. called is a moment
+// just before the waiter's Acquire call.
+func queueOne(t *testing.T, ctx context.Context, ns, name string, lease time.Duration) (a, b *testBackend, g backend.Grant, got chan served, called time.Time) {
+	t.Helper()
+	a, b = newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease)
+	g = acquire(t, a, name, "holder", true)
+	got = make(chan served, 1)
+	called = time.Now()
+	wait(t, ctx, b, name, "next", got)
+	waitQueued(t, ns, name, "e1")
+	return a, b, g, got, called
+}
+
 // queueTwo starts three electors in ns, e0, e1 and e2, with lease
 // duration lease: e0 takes name for "holder", then e1 and e2 each queue a
 // waiter (first and second, in that order; waiting until ctx ends) whose
@@ -86,6 +101,23 @@ func queueTwo(t *testing.T, ctx context.Context, ns, name string, lease time.Dur
 	wait(t, ctx, c, name, second, got)
 	waitQueued(t, ns, name, "e1", "e2")
 	return a, b, c, g, got
+}
+
+// queueQuitter starts three electors in ns, e0, e1 and e2, with lease
+// duration lease: e0 takes name for "holder" and e1 queues a waiter,
+// "quitter", that leaves when quit is called (which returns once it has).
+func queueQuitter(t *testing.T, ns, name string, lease time.Duration) (a, b, c *testBackend, g backend.Grant, quit func()) {
+	t.Helper()
+	a, b, c = newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
+	g = acquire(t, a, name, "holder", true)
+	ctx, stop := context.WithCancel(bg())
+	left := make(chan served, 1)
+	wait(t, ctx, b, name, "quitter", left)
+	waitQueued(t, ns, name, "e1")
+	return a, b, c, g, func() {
+		stop()
+		<-left
+	}
 }
 
 // takenBy receives the next grant from got and checks that want made it,
@@ -184,14 +216,9 @@ func TestBackendHandoverInOneWrite(t *testing.T) {
 	ns := namespace(t)
 	const lease = 15 * time.Second
 	const name = "one-write"
-	a, b := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease)
-	g := acquire(t, a, name, "holder", true)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	got := make(chan served, 1)
-	called := time.Now()
-	wait(t, ctx, b, name, "next", got)
-	waitQueued(t, ns, name, "e1")
+	a, b, g, got, called := queueOne(t, ctx, ns, name, lease)
 	joined := time.Now() // the join was sent before this
 	l := getLease(t, cp.admin(t), ns, name)
 	require.Contains(t, l.Annotations, kube.OffersAnnotation, "e1's offer")
@@ -227,13 +254,9 @@ func TestBackendStaleOfferConfirmed(t *testing.T) {
 	ns := namespace(t)
 	const lease = 2 * time.Second // half a validity: 0.86 s
 	const name = "stale-offer"
-	a, b := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease)
-	g := acquire(t, a, name, "holder", true)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	got := make(chan served, 1)
-	wait(t, ctx, b, name, "next", got)
-	waitQueued(t, ns, name, "e1")
+	a, b, g, got, _ := queueOne(t, ctx, ns, name, lease)
 	seenBy(t, a, b, name+"-marker")
 	// Hold past half the validity of the offer, renewing so that the
 	// holder keeps the lock.
@@ -291,13 +314,8 @@ func TestBackendTurnOfGoneSuccessor(t *testing.T) {
 func TestBackendTurnPassedOn(t *testing.T) {
 	ns := namespace(t)
 	const lease = 15 * time.Second
-	a, b, c := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
 	const name = "passed-on"
-	g := acquire(t, a, name, "holder", true)
-	quit, stop := context.WithCancel(bg())
-	left := make(chan served, 1)
-	wait(t, quit, b, name, "quitter", left)
-	waitQueued(t, ns, name, "e1")
+	a, b, c, g, quit := queueQuitter(t, ns, name, lease)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
 	got := make(chan served, 1)
@@ -308,8 +326,7 @@ func TestBackendTurnPassedOn(t *testing.T) {
 	// e1's waiter leaves while e1 cannot write, so e1 is still queued,
 	// with its offer, when the holder releases, and is handed the Lease.
 	b.cut.Store(true)
-	stop()
-	<-left
+	quit()
 	release(t, g)
 	l := getLease(t, cp.admin(t), ns, name)
 	require.True(t, strings.HasPrefix(holderOf(l), "quitter@e1#"), "holder after the release %q", holderOf(l))
@@ -331,14 +348,9 @@ func TestBackendNamedByOlderElector(t *testing.T) {
 	ns := namespace(t)
 	const lease = 15 * time.Second
 	const name = "older"
-	a, b := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease)
-	g := acquire(t, a, name, "holder", true)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	got := make(chan served, 1)
-	called := time.Now()
-	wait(t, ctx, b, name, "next", got)
-	waitQueued(t, ns, name, "e1")
+	_, b, g, got, called := queueOne(t, ctx, ns, name, lease)
 	const hold = 300 * time.Millisecond
 	time.Sleep(time.Until(called.Add(hold))) // the wait the take's grant must count in
 
@@ -404,13 +416,10 @@ func TestBackendEditedOfferDuration(t *testing.T) {
 	ns := namespace(t)
 	const lease = 15 * time.Second
 	const name = "edited-offer"
-	a, b, c := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
-	g := acquire(t, a, name, "holder", true)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
-	got := make(chan served, 1)
-	wait(t, ctx, b, name, "next", got)
-	waitQueued(t, ns, name, "e1")
+	a, b, g, got, _ := queueOne(t, ctx, ns, name, lease)
+	c := newBackend(t, ns, "e2", lease)
 
 	admin := cp.admin(t)
 	l := getLease(t, admin, ns, name)
@@ -482,12 +491,7 @@ func TestBackendHeadLeavesKeepsTurn(t *testing.T) {
 	ns := namespace(t)
 	const lease = 15 * time.Second
 	const name = "head-leaves"
-	a, b, c := newBackend(t, ns, "e0", lease), newBackend(t, ns, "e1", lease), newBackend(t, ns, "e2", lease)
-	g := acquire(t, a, name, "holder", true)
-	quit, stop := context.WithCancel(bg())
-	left := make(chan served, 1)
-	wait(t, quit, b, name, "quitter", left)
-	waitQueued(t, ns, name, "e1")
+	a, b, c, g, quit := queueQuitter(t, ns, name, lease)
 	ctx, cancel := context.WithTimeout(bg(), waitFor)
 	defer cancel()
 	got := make(chan served, 2)
@@ -495,8 +499,7 @@ func TestBackendHeadLeavesKeepsTurn(t *testing.T) {
 	require.Eventually(t, func() bool { return b.Waiting(name) == 2 }, waitFor, 5*time.Millisecond, "e1's second waiter waits")
 	wait(t, ctx, c, name, "e2-first", got)
 	waitQueued(t, ns, name, "e1", "e2")
-	stop()
-	<-left
+	quit()
 	seenBy(t, a, c, name+"-marker")
 	wb, cb := b.writes.Load(), b.conflicts.Load()
 	release(t, g)
