@@ -25,7 +25,7 @@ type grant struct {
 	token   uint64
 	lease   time.Duration
 	waited  time.Duration // from the Acquire call to the write that granted it, on b.clock
-	done    chan struct{}
+	ending  core.Ending   // ended by endLocked
 	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
 
 	// guarded by b.mu
@@ -35,7 +35,10 @@ type grant struct {
 	err      error
 }
 
-var _ backend.Grant = (*grant)(nil)
+var (
+	_ backend.Grant      = (*grant)(nil)
+	_ backend.AfterDoner = (*grant)(nil)
+)
 
 // armLocked (re)starts the local deadline: the validity of a write sent at
 // sent. With no renewal by then the grant ends with core.ErrExpired.
@@ -77,7 +80,7 @@ func (g *grant) endLocked(reason error) {
 	g.err = reason
 	g.b.held--
 	g.deadline.Stop()
-	close(g.done)
+	g.ending.End()
 	if g.st.grant == g {
 		g.st.grant = nil
 		g.st.broadcast()
@@ -123,7 +126,11 @@ func (g *grant) Token() uint64 { return g.token }
 func (g *grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done implements backend.Grant.
-func (g *grant) Done() <-chan struct{} { return g.done }
+func (g *grant) Done() <-chan struct{} { return g.ending.Done() }
+
+// AfterDone implements backend.AfterDoner: f is called on a goroutine of
+// its own when the grant ends, however it ends, or at once if it has.
+func (g *grant) AfterDone(f func()) (stop func() bool) { return g.ending.AfterDone(f) }
 
 // Err implements backend.Grant: nil while held and after Release, else
 // core.ErrRevoked, core.ErrExpired or core.ErrClosed (wrapped).
