@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -207,10 +208,11 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 // elector shuts down. fields name the lock and the client in the logs.
 //
 // Where it can, hold detaches the stream from net/http (stream.detach) and
-// keeps it on a goroutine of its own, which ends it and calls finish, and
-// reports true at once: the handler returns, and net/http's connection
-// goroutine, buffers and the handler's deep stack are freed while the
-// lock is held. Otherwise it keeps the stream itself and reports false.
+// keeps it on one goroutine of its own (keepDetached), which ends it and
+// calls finish, and reports true at once: the handler returns, and
+// net/http's connection goroutine, buffers and the handler's deep stack
+// are freed while the lock is held. Otherwise it keeps the stream itself
+// and reports false.
 func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, fields []zap.Field, finish func()) (detached bool) {
 	id, sess := s.addSession(name, g)
 	s.m.acquisitions.WithLabelValues("v1").Inc()
@@ -239,12 +241,12 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	}
 	trace.Mark(trace.GrantSent)
 	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
-	if gone, ok := st.detach(); ok {
+	if st.detach() {
 		go func() {
 			defer finish()
 			defer st.end()
 			defer held()
-			s.keep(st, g, sess, gone, fields)
+			s.keepDetached(st, g, sess, fields)
 		}()
 		return true
 	}
@@ -255,7 +257,8 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 
 // keep serves the stream of the held grant g until its lease ends, gone is
 // closed (the client went away: the lock is released), a heartbeat fails to
-// reach the client (released too) or the elector shuts down.
+// reach the client (released too) or the elector shuts down. It serves a
+// stream that net/http still serves; keepDetached serves a detached one.
 func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}, fields []zap.Field) {
 	log := func() *zap.Logger { return s.log.With(fields...) }
 	tick := time.NewTicker(wire.HeartbeatInterval)
@@ -269,27 +272,81 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 			if st.heartbeat() == nil {
 				continue
 			}
-			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log(), "client went away (a heartbeat could not reach it)")
+			s.heartbeatFailed(g, log())
 			return
 		case <-gone:
-			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log(), "client went away")
+			s.clientGone(g, log())
 			return
 		case <-s.stopCtx.Done():
-			// Tell the holder first, then release: it stops acting on the
-			// lock before anyone else can take it.
-			s.m.losses.WithLabelValues(wire.ReasonShutdown).Inc()
-			_ = st.send(wire.Event{
-				Type:   wire.EventLost,
-				Code:   wire.CodeLost,
-				Reason: wire.ReasonShutdown,
-				Error:  "elector shutting down; lock released",
-			}, finalWriteTimeout)
-			s.releaseFor(g, log(), "elector shutting down")
+			s.shutdownHeld(st, g, log())
 			return
 		}
 	}
+}
+
+// keepDetached is keep for a detached stream, on the one goroutine that
+// serves it: it reads the stream's connection (stream.wait) to learn that
+// the client has gone, with the next heartbeat's time as the read's
+// deadline, and the grant's end (backend.AfterDone) and the elector's
+// shutdown (stopCtx) cut the read short (stream.wake). A held lock costs
+// that goroutine, no timer or channel of its own, and no goroutine waiting
+// on the grant's Done (for the grants of this module's backends).
+func (s *Server) keepDetached(st *stream, g backend.Grant, sess *session, fields []zap.Field) {
+	log := func() *zap.Logger { return s.log.With(fields...) }
+	var ended atomic.Bool
+	defer backend.AfterDone(g, func() {
+		ended.Store(true)
+		st.wake()
+	})()
+	defer context.AfterFunc(s.stopCtx, st.wake)()
+	next := time.Now().Add(wire.HeartbeatInterval)
+	for {
+		gone := st.wait(next)
+		switch {
+		case ended.Load():
+			s.ended(st, g, sess, log())
+			return
+		case gone:
+			s.clientGone(g, log())
+			return
+		case s.stopCtx.Err() != nil:
+			s.shutdownHeld(st, g, log())
+			return
+		}
+		// The read reached its deadline: a heartbeat is due.
+		if st.heartbeat() != nil {
+			s.heartbeatFailed(g, log())
+			return
+		}
+		next = time.Now().Add(wire.HeartbeatInterval)
+	}
+}
+
+// heartbeatFailed releases the held grant g, whose client a heartbeat
+// could not reach.
+func (s *Server) heartbeatFailed(g backend.Grant, log *zap.Logger) {
+	s.m.releases.WithLabelValues("disconnect").Inc()
+	s.releaseFor(g, log, "client went away (a heartbeat could not reach it)")
+}
+
+// clientGone releases the held grant g, whose client closed its stream.
+func (s *Server) clientGone(g backend.Grant, log *zap.Logger) {
+	s.m.releases.WithLabelValues("disconnect").Inc()
+	s.releaseFor(g, log, "client went away")
+}
+
+// shutdownHeld ends the stream of the held grant g as the elector shuts
+// down. It tells the holder first, then releases: the holder stops acting
+// on the lock before anyone else can take it.
+func (s *Server) shutdownHeld(st *stream, g backend.Grant, log *zap.Logger) {
+	s.m.losses.WithLabelValues(wire.ReasonShutdown).Inc()
+	_ = st.send(wire.Event{
+		Type:   wire.EventLost,
+		Code:   wire.CodeLost,
+		Reason: wire.ReasonShutdown,
+		Error:  "elector shutting down; lock released",
+	}, finalWriteTimeout)
+	s.releaseFor(g, log, "elector shutting down")
 }
 
 // ended writes the last line of the stream of g, whose lease has ended:
