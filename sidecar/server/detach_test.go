@@ -190,7 +190,7 @@ func TestKeepDetachedReleasesOnFailedHeartbeat(t *testing.T) {
 	go func() {
 		defer close(done)
 		defer st.end()
-		e.s.keepDetached(st, g, &session{name: "failing", grant: g}, nil)
+		e.s.keepDetached(st, g, &session{name: "failing", identity: "web-1", grant: g})
 	}()
 	select {
 	case <-done:
@@ -259,4 +259,33 @@ func TestStreamWaitWake(t *testing.T) {
 		client.Close()
 		assert.True(t, result(t, ch), "gone after the client closed")
 	})
+}
+
+// TestShutdownWakesDetachedStreams: Shutdown wakes the stream of every
+// session that a detached stream serves, rather than leave each to notice
+// at its next heartbeat; a stream detached after Shutdown began is woken
+// at once.
+func TestShutdownWakesDetachedStreams(t *testing.T) {
+	e := newEnv(t, Config{})
+	piped := func() *stream {
+		server, client := net.Pipe()
+		t.Cleanup(func() { server.Close(); client.Close() })
+		return &stream{raw: server, buf: make([]byte, 0, detachedBuf)}
+	}
+	_, before := e.s.addSession("wake-1", "web-1", nil)
+	early := piped()
+	e.s.detached(before, early)
+	_, notDetached := e.s.addSession("wake-2", "web-1", nil) // served by net/http: nothing to wake
+	require.False(t, early.woken.Load(), "a stream woken before Shutdown")
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, e.s.Shutdown(ctx))
+	assert.True(t, early.woken.Load(), "the detached stream woken by Shutdown")
+	assert.Nil(t, notDetached.st)
+
+	_, after := e.s.addSession("wake-3", "web-1", nil)
+	late := piped()
+	e.s.detached(after, late)
+	assert.True(t, late.woken.Load(), "a stream detached after Shutdown began, woken at once")
 }

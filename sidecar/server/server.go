@@ -255,6 +255,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("shutting down: ending streams and releasing every lock")
 	s.stop()
+	s.wakeHeld()
 	idle := make(chan struct{})
 	go func() {
 		s.active.Wait()

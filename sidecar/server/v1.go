@@ -107,8 +107,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	}()
 	gone := func() bool { return r.Context().Err() != nil || st.failed() }
 
-	fields := []zap.Field{zap.String("name", name), zap.String("identity", req.Identity)}
-	log := s.log.With(fields...)
+	log := s.log.With(zap.String("name", name), zap.String("identity", req.Identity))
 	g, err := s.await(ctx, cancel, st, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait}, log)
 	if err != nil {
 		if gone() {
@@ -131,7 +130,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	// g's validity counts from the Acquire call, after the request
 	// arrived; the client counts it from when it sent the request, earlier
 	// still.
-	detached = s.hold(r, st, g, name, g.Validity(), fields, finish)
+	detached = s.hold(r, st, g, name, req.Identity, g.Validity(), finish)
 }
 
 // await runs the backend's Acquire of req. While a waiting request has no
@@ -202,10 +201,10 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 	return status, body
 }
 
-// hold registers g's session, tells the client it holds the lock, and
-// keeps the stream until the lease ends, the client goes away (its request
-// ends or a heartbeat fails to reach it: the lock is released) or the
-// elector shuts down. fields name the lock and the client in the logs.
+// hold registers g's session (of lock name, held by identity), tells the
+// client it holds the lock, and keeps the stream until the lease ends, the
+// client goes away (its request ends or a heartbeat fails to reach it: the
+// lock is released) or the elector shuts down.
 //
 // Where it can, hold detaches the stream from net/http (stream.detach) and
 // keeps it on one goroutine of its own (keepDetached), which ends it and
@@ -213,13 +212,10 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 // net/http's connection goroutine, buffers and the handler's deep stack
 // are freed while the lock is held. Otherwise it keeps the stream itself
 // and reports false.
-func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, fields []zap.Field, finish func()) (detached bool) {
-	id, sess := s.addSession(name, g)
+func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name, identity string, validity time.Duration, finish func()) (detached bool) {
+	id, sess := s.addSession(name, identity, g)
 	s.m.acquisitions.WithLabelValues("v1").Inc()
 	s.m.held.Inc()
-	// Fields, not a logger made With them: such a logger keeps its fields
-	// encoded in a buffer of its own, a KiB for every held lock.
-	fields = append(fields, zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
 	held := func() {
 		s.m.held.Dec()
 		s.dropSession(id)
@@ -235,23 +231,23 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	}, streamWriteTimeout)
 	if err != nil {
 		s.m.releases.WithLabelValues("disconnect").Inc()
-		s.releaseFor(g, s.log.With(fields...), "could not tell the client it holds the lock")
+		s.releaseFor(g, s.log.With(sess.fields()...), "could not tell the client it holds the lock")
 		held()
 		return false
 	}
 	trace.Mark(trace.GrantSent)
-	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
+	s.log.Info("lock acquired", sess.fields(zap.Duration("validity", validity))...)
 	if st.detach() {
 		go func() {
 			defer finish()
 			defer st.end()
 			defer held()
-			s.keepDetached(st, g, sess, fields)
+			s.keepDetached(st, g, sess)
 		}()
 		return true
 	}
 	defer held()
-	s.keep(st, g, sess, r.Context().Done(), fields)
+	s.keep(st, g, sess, r.Context().Done())
 	return false
 }
 
@@ -259,8 +255,8 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 // closed (the client went away: the lock is released), a heartbeat fails to
 // reach the client (released too) or the elector shuts down. It serves a
 // stream that net/http still serves; keepDetached serves a detached one.
-func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}, fields []zap.Field) {
-	log := func() *zap.Logger { return s.log.With(fields...) }
+func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}) {
+	log := func() *zap.Logger { return s.log.With(sess.fields()...) }
 	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
@@ -288,17 +284,18 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 // serves it: it reads the stream's connection (stream.wait) to learn that
 // the client has gone, with the next heartbeat's time as the read's
 // deadline, and the grant's end (backend.AfterDone) and the elector's
-// shutdown (stopCtx) cut the read short (stream.wake). A held lock costs
-// that goroutine, no timer or channel of its own, and no goroutine waiting
-// on the grant's Done (for the grants of this module's backends).
-func (s *Server) keepDetached(st *stream, g backend.Grant, sess *session, fields []zap.Field) {
-	log := func() *zap.Logger { return s.log.With(fields...) }
+// shutdown (Shutdown's wakeHeld) cut the read short (stream.wake). A held
+// lock costs that goroutine, no timer or channel of its own, and no
+// goroutine waiting on the grant's Done (for the grants of this module's
+// backends).
+func (s *Server) keepDetached(st *stream, g backend.Grant, sess *session) {
+	log := func() *zap.Logger { return s.log.With(sess.fields()...) }
 	var ended atomic.Bool
 	defer backend.AfterDone(g, func() {
 		ended.Store(true)
 		st.wake()
 	})()
-	defer context.AfterFunc(s.stopCtx, st.wake)()
+	s.detached(sess, st)
 	next := time.Now().Add(wire.HeartbeatInterval)
 	for {
 		gone := st.wait(next)
