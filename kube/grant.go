@@ -97,6 +97,24 @@ func (g *grant) rebaseLocked(obj *coordinationv1.Lease) {
 	}
 }
 
+// shareLocked makes obj, the informer's copy of a version of st's Lease
+// that the watch delivered, the copy this Backend keeps (st.obj, and the
+// grant's base) wherever it keeps another copy of that same version: the
+// answer to a write of ours, which the watch delivers after it. The
+// informer keeps its copy in any case, so keeping the answer too would
+// hold every renewed Lease twice.
+func (b *Backend) shareLocked(st *lease, obj *coordinationv1.Lease) {
+	same := func(o *coordinationv1.Lease) bool {
+		return o != nil && o != obj && o.ResourceVersion != "" && o.ResourceVersion == obj.ResourceVersion
+	}
+	if same(st.obj) {
+		st.obj = obj
+	}
+	if g := st.grant; g != nil && same(g.last) {
+		g.last = obj
+	}
+}
+
 func (g *grant) lastWritten() *coordinationv1.Lease {
 	g.b.mu.Lock()
 	defer g.b.mu.Unlock()

@@ -130,7 +130,11 @@ func (b *Backend) onEvent(obj any, deleted bool) {
 		trace.Mark(trace.WatchEvent, "name", l.Name, "free", fmt.Sprint(holderOf(l) == ""), "rv", l.ResourceVersion)
 	}
 	b.mu.Lock()
-	b.observeLocked(b.leaseLocked(l.Name), l, deleted)
+	st := b.leaseLocked(l.Name)
+	b.observeLocked(st, l, deleted)
+	if !deleted {
+		b.shareLocked(st, l)
+	}
 	b.mu.Unlock()
 }
 
