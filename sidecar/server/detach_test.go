@@ -187,11 +187,10 @@ func TestKeepDetachedReleasesOnFailedHeartbeat(t *testing.T) {
 	defer client.Close()
 	st := &stream{raw: failingWrites{server}, buf: make([]byte, 0, detachedBuf), started: true}
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer st.end()
-		e.s.keepDetached(st, g, &session{name: "failing", identity: "web-1", grant: g})
-	}()
+	e.s.keepHeld(st, g, &session{name: "failing", identity: "web-1", grant: g}, func() {
+		st.end()
+		close(done)
+	})
 	select {
 	case <-done:
 	case <-time.After(waitFor):
@@ -288,4 +287,31 @@ func TestShutdownWakesDetachedStreams(t *testing.T) {
 	late := piped()
 	e.s.detached(after, late)
 	assert.True(t, late.woken.Load(), "a stream detached after Shutdown began, woken at once")
+}
+
+// TestHeldStreamMovesToSmallerStack: a held stream's goroutine hands the
+// stream to a fresh goroutine once new goroutines get smaller stacks than
+// it got (at a heartbeat), and the stream goes on as before there.
+func TestHeldStreamMovesToSmallerStack(t *testing.T) {
+	e := newEnv(t, Config{})
+	var size atomic.Uint64
+	size.Store(4096)
+	e.s.stackStart = size.Load // before any stream starts
+	_, _, lines, ev := rawAcquire(t, e, "moves", "web-1", "")
+	movedBy := "created by github.com/mpsync/mpsync/sidecar/server.(*Server).keepDetached"
+	stacks := func() string {
+		buf := make([]byte, 1<<20)
+		return string(buf[:runtime.Stack(buf, true)])
+	}
+	require.NotContains(t, stacks(), movedBy, "a held stream moved before new stacks got smaller")
+	size.Store(2048)
+	require.Eventually(t, func() bool { return strings.Contains(stacks(), movedBy) }, waitFor, 10*time.Millisecond,
+		"the held stream's goroutine did not move to a fresh one")
+	e.doJSON("POST", "/v1/locks/moves/release", `{"session":"`+ev.Session+`"}`, http.StatusOK, nil)
+	if ev := readEvent(t, lines); ev.Type != wire.EventReleased {
+		t.Fatalf("line %+v after the move and a release, want released", ev)
+	}
+	if rest, err := io.ReadAll(lines); err != nil || len(rest) > 0 {
+		t.Fatalf("after the released line: %q, %v; want the end of the body", rest, err)
+	}
 }

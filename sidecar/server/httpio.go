@@ -232,8 +232,9 @@ func hex4(b []byte, i int) (rune, bool) {
 // go on without its handler: net/http keeps, for every connection it
 // serves, a goroutine, a reader goroutine and about 10 KiB of buffers, on
 // top of the handler's own stack, as long as the handler runs. A detached
-// stream is served by one goroutine of its owner's, which both writes it
-// and reads its connection (wait); only wake may be called from others.
+// stream is served by one goroutine of its owner's at a time, which both
+// writes it and reads its connection (wait); only wake may be called from
+// others.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -207,8 +206,8 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 // lock is released) or the elector shuts down.
 //
 // Where it can, hold detaches the stream from net/http (stream.detach) and
-// keeps it on one goroutine of its own (keepDetached), which ends it and
-// calls finish, and reports true at once: the handler returns, and
+// keeps it on one goroutine of its own (keepHeld), which ends it and calls
+// finish, and reports true at once: the handler returns, and
 // net/http's connection goroutine, buffers and the handler's deep stack
 // are freed while the lock is held. Otherwise it keeps the stream itself
 // and reports false.
@@ -238,12 +237,11 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name, identi
 	trace.Mark(trace.GrantSent)
 	s.log.Info("lock acquired", sess.fields(zap.Duration("validity", validity))...)
 	if st.detach() {
-		go func() {
-			defer finish()
-			defer st.end()
-			defer held()
-			s.keepDetached(st, g, sess)
-		}()
+		s.keepHeld(st, g, sess, func() {
+			held()
+			st.end()
+			finish()
+		})
 		return true
 	}
 	defer held()
@@ -277,45 +275,6 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 			s.shutdownHeld(st, g, log())
 			return
 		}
-	}
-}
-
-// keepDetached is keep for a detached stream, on the one goroutine that
-// serves it: it reads the stream's connection (stream.wait) to learn that
-// the client has gone, with the next heartbeat's time as the read's
-// deadline, and the grant's end (backend.AfterDone) and the elector's
-// shutdown (Shutdown's wakeHeld) cut the read short (stream.wake). A held
-// lock costs that goroutine, no timer or channel of its own, and no
-// goroutine waiting on the grant's Done (for the grants of this module's
-// backends).
-func (s *Server) keepDetached(st *stream, g backend.Grant, sess *session) {
-	log := func() *zap.Logger { return s.log.With(sess.fields()...) }
-	var ended atomic.Bool
-	defer backend.AfterDone(g, func() {
-		ended.Store(true)
-		st.wake()
-	})()
-	s.detached(sess, st)
-	next := time.Now().Add(wire.HeartbeatInterval)
-	for {
-		gone := st.wait(next)
-		switch {
-		case ended.Load():
-			s.ended(st, g, sess, log())
-			return
-		case gone:
-			s.clientGone(g, log())
-			return
-		case s.stopCtx.Err() != nil:
-			s.shutdownHeld(st, g, log())
-			return
-		}
-		// The read reached its deadline: a heartbeat is due.
-		if st.heartbeat() != nil {
-			s.heartbeatFailed(g, log())
-			return
-		}
-		next = time.Now().Add(wire.HeartbeatInterval)
 	}
 }
 
