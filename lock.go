@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,7 +54,10 @@ func (l *Lock) Identity() string { return l.cfg.identity }
 // ErrLockLost), on Unlock (the cause is ErrUnlocked), or when ctx ends,
 // which releases the lock (a release bounded by 5 seconds, as Unlock's). It also ends on its own at the local validity
 // deadline if no renewal arrives in time, whatever the transport does.
-// While the context lasts, the Lock renews the lease in the background.
+// While the context lasts, the Lock renews the lease in the background,
+// every third of its validity; the first renewal comes at a random moment
+// between a sixth and a third, so that locks taken together do not renew
+// together. An Election renews its terms the same way.
 //
 // Lock returns an error wrapping ErrUnavailable, naming the address, if the
 // elector cannot be reached; it does not retry that.
@@ -254,6 +258,23 @@ func startTerm(parent context.Context, cfg *config, lease Lease, deadline time.T
 
 var errExpired = fmt.Errorf("%w: %w", ErrLockLost, ErrExpired)
 
+// firstRenewal is how long a new term waits before it first renews a
+// lease whose validity has left to run: a random moment between a sixth
+// and a third of left, never later than the third at which every later
+// renewal comes. Without the jitter, locks taken together (a process that
+// takes many at its start, an elector's clients after it restarts) would
+// renew together, every third of the validity, for as long as they are
+// held: a burst of requests at the elector and the API server, and of
+// connections, goroutines and memory in the elector, each time. It costs
+// no renewal in the long run: only the first comes earlier.
+func firstRenewal(left time.Duration) time.Duration {
+	third := left / 3
+	if third <= 1 {
+		return third
+	}
+	return third - rand.N(third/2)
+}
+
 // leaseCtx is a leadership context. On top of cancellation it checks the
 // local validity deadline whenever it is looked at (Done, Err), so that a
 // process resumed after a pause (SIGSTOP, a long GC) sees its term over at
@@ -307,12 +328,13 @@ func ValidUntil(ctx context.Context) (time.Time, bool) {
 	return *c.deadline.Load(), true
 }
 
-// keep renews the lease at a third of its validity until the term ends,
-// then releases it.
+// keep renews the lease until the term ends, then releases it: first at a
+// random moment between a sixth and a third of the validity left
+// (firstRenewal), then every third of the validity each renewal returns.
 func (t *term) keep(cfg *config, lease Lease, ctx *leaseCtx, expiry *time.Timer) {
 	defer close(t.done)
 	defer expiry.Stop()
-	renew := time.NewTimer(time.Until(*ctx.deadline.Load()) / 3)
+	renew := time.NewTimer(firstRenewal(time.Until(*ctx.deadline.Load())))
 	defer renew.Stop()
 	for {
 		select {

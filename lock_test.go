@@ -3,8 +3,10 @@ package mpsync_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -91,6 +93,99 @@ func TestRenewalKeepsTheLock(t *testing.T) {
 		}
 		if _, ok := f.Holder("test"); ok {
 			t.Error("lock still held after Unlock")
+		}
+	})
+}
+
+// renewLog wraps a transport to record, per lock, when each Renew was
+// called.
+type renewLog struct {
+	mpsync.Transport
+	mu    *sync.Mutex
+	times map[string][]time.Time
+}
+
+func (r renewLog) Acquire(ctx context.Context, name, id string, wait bool) (mpsync.Lease, error) {
+	l, err := r.Transport.Acquire(ctx, name, id, wait)
+	if err != nil {
+		return nil, err
+	}
+	return loggedLease{l, r, name}, nil
+}
+
+type loggedLease struct {
+	mpsync.Lease
+	r    renewLog
+	name string
+}
+
+func (l loggedLease) Renew(ctx context.Context) (time.Duration, error) {
+	l.r.mu.Lock()
+	l.r.times[l.name] = append(l.r.times[l.name], time.Now())
+	l.r.mu.Unlock()
+	return l.Lease.Renew(ctx)
+}
+
+// TestFirstRenewalJitter: locks taken at one instant first renew each at
+// a moment of its own between a sixth and a third of the validity, not
+// all at the third; every later renewal comes a third of the validity
+// after the one before, as it did.
+func TestFirstRenewalJitter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := mpsynctest.NewElector(mpsynctest.LeaseDuration(lease))
+		defer f.Close()
+		tr := renewLog{f.Transport(), new(sync.Mutex), map[string][]time.Time{}}
+		const n = 40
+		start := time.Now()
+		var validity time.Duration
+		var locks []*mpsync.Lock
+		for i := range n {
+			l, err := mpsync.NewLock(fmt.Sprintf("jitter-%d", i), mpsync.WithTransport(tr), mpsync.WithIdentity("a"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			held, err := l.Lock(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			until, _ := mpsync.ValidUntil(held)
+			validity = until.Sub(start) // synctest: no time passes while locking
+			locks = append(locks, l)
+		}
+		time.Sleep(validity) // past every first renewal and the second
+		for _, l := range locks {
+			if err := l.Unlock(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		firsts := map[time.Duration]bool{}
+		lo, hi := validity, time.Duration(0)
+		for name, times := range tr.times {
+			if len(times) < 2 {
+				t.Errorf("%s: %d renewals within the validity, want at least 2", name, len(times))
+				continue
+			}
+			first := times[0].Sub(start)
+			if first < validity/6 || first > validity/3 {
+				t.Errorf("%s: first renewal %v after the grant, want between a sixth (%v) and a third (%v) of the validity",
+					name, first, validity/6, validity/3)
+			}
+			firsts[first] = true
+			lo, hi = min(lo, first), max(hi, first)
+			if gap := times[1].Sub(times[0]); gap != validity/3 {
+				t.Errorf("%s: second renewal %v after the first, want a third of the validity, %v", name, gap, validity/3)
+			}
+		}
+		if len(tr.times) != n {
+			t.Errorf("%d locks renewed, want %d", len(tr.times), n)
+		}
+		// Drawn uniformly from a span of a sixth of the validity, 40
+		// first renewals fall within a quarter of that span by chance with
+		// a probability below 1e-20.
+		if len(firsts) < n/2 || hi-lo < validity/24 {
+			t.Errorf("first renewals at %d distinct times over %v, want them spread over most of %v", len(firsts), hi-lo, validity/6)
 		}
 	})
 }

@@ -553,7 +553,6 @@ func (a *attempt) grantLocked(base, res *coordinationv1.Lease, sent time.Time) *
 		token:   a.token,
 		lease:   a.d,
 		waited:  max(0, sent.Sub(a.called)),
-		done:    make(chan struct{}),
 		renewMu: make(chan struct{}, 1),
 		last:    res,
 	}

@@ -25,7 +25,7 @@ type grant struct {
 	token   uint64
 	lease   time.Duration
 	waited  time.Duration // from the Acquire call to the write that granted it, on b.clock
-	done    chan struct{}
+	ending  core.Ending   // ended by endLocked
 	renewMu chan struct{} // one renewal at a time; a channel so that a wait can end with ctx
 
 	// guarded by b.mu
@@ -35,7 +35,10 @@ type grant struct {
 	err      error
 }
 
-var _ backend.Grant = (*grant)(nil)
+var (
+	_ backend.Grant      = (*grant)(nil)
+	_ backend.AfterDoner = (*grant)(nil)
+)
 
 // armLocked (re)starts the local deadline: the validity of a write sent at
 // sent. With no renewal by then the grant ends with core.ErrExpired.
@@ -77,7 +80,7 @@ func (g *grant) endLocked(reason error) {
 	g.err = reason
 	g.b.held--
 	g.deadline.Stop()
-	close(g.done)
+	g.ending.End()
 	if g.st.grant == g {
 		g.st.grant = nil
 		g.st.broadcast()
@@ -90,6 +93,24 @@ func (g *grant) endLocked(reason error) {
 // holder, and a write conditioned on the older one would only conflict.
 func (g *grant) rebaseLocked(obj *coordinationv1.Lease) {
 	if g.last == nil || newer(obj.ResourceVersion, g.last.ResourceVersion) {
+		g.last = obj
+	}
+}
+
+// shareLocked makes obj, the informer's copy of a version of st's Lease
+// that the watch delivered, the copy this Backend keeps (st.obj, and the
+// grant's base) wherever it keeps another copy of that same version: the
+// answer to a write of ours, which the watch delivers after it. The
+// informer keeps its copy in any case, so keeping the answer too would
+// hold every renewed Lease twice.
+func (b *Backend) shareLocked(st *lease, obj *coordinationv1.Lease) {
+	same := func(o *coordinationv1.Lease) bool {
+		return o != nil && o != obj && o.ResourceVersion != "" && o.ResourceVersion == obj.ResourceVersion
+	}
+	if same(st.obj) {
+		st.obj = obj
+	}
+	if g := st.grant; g != nil && same(g.last) {
 		g.last = obj
 	}
 }
@@ -123,7 +144,11 @@ func (g *grant) Token() uint64 { return g.token }
 func (g *grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done implements backend.Grant.
-func (g *grant) Done() <-chan struct{} { return g.done }
+func (g *grant) Done() <-chan struct{} { return g.ending.Done() }
+
+// AfterDone implements backend.AfterDoner: f is called on a goroutine of
+// its own when the grant ends, however it ends, or at once if it has.
+func (g *grant) AfterDone(f func()) (stop func() bool) { return g.ending.AfterDone(f) }
 
 // Err implements backend.Grant: nil while held and after Release, else
 // core.ErrRevoked, core.ErrExpired or core.ErrClosed (wrapped).

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"math"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,7 +15,9 @@ import (
 	"go.uber.org/goleak"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/mpsync/mpsync/internal/core"
 )
@@ -231,4 +235,46 @@ func TestNewValidatesIdentity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKeepsTheInformersCopy: once the watch has delivered the version a
+// renewal wrote, the Backend keeps the informer's copy of it (as the
+// Lease it knows and as its grant's base), not the write's answer as well.
+func TestKeepsTheInformersCopy(t *testing.T) {
+	// The fake clientset keeps no resourceVersions; number the writes.
+	cs := fake.NewClientset()
+	var rv atomic.Int64
+	cs.PrependReactor("*", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if w, ok := a.(interface{ GetObject() runtime.Object }); ok {
+			if l, ok := w.GetObject().(*coordinationv1.Lease); ok {
+				l.ResourceVersion = strconv.FormatInt(rv.Add(1), 10)
+			}
+		}
+		return false, nil, nil // on to the fake's own handling
+	})
+	b, err := New(Config{Client: cs, Namespace: "ns", Identity: "e0", LeaseDuration: 2 * time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	defer func() { assert.NoError(t, b.Close(ctx)) }()
+	g, err := b.Acquire(ctx, core.Request{Name: "lock", Identity: "app"})
+	require.NoError(t, err)
+	_, err = g.Renew(ctx)
+	require.NoError(t, err)
+	written := g.(*grant).lastWritten()
+	require.NotEmpty(t, written.ResourceVersion, "the renewal's answer has a resourceVersion")
+	kept := func() (st, last *coordinationv1.Lease) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.leases["lock"].obj, g.(*grant).last
+	}
+	require.Eventually(t, func() bool {
+		item, ok, err := b.informer.GetStore().GetByKey("ns/lock")
+		cached, _ := item.(*coordinationv1.Lease)
+		if err != nil || !ok || cached.ResourceVersion != written.ResourceVersion {
+			return false
+		}
+		st, last := kept()
+		return st == cached && last == cached
+	}, 10*time.Second, 10*time.Millisecond, "the Backend and its grant keep the informer's copy of the renewed Lease")
 }

@@ -147,7 +147,11 @@ func (b *Backend) onEvent(obj any, deleted bool) {
 			"holder", clientIdentity(holderOf(l)), "rv", l.ResourceVersion)
 	}
 	b.mu.Lock()
-	b.observeLocked(b.leaseLocked(l.Name), l, deleted)
+	st := b.leaseLocked(l.Name)
+	b.observeLocked(st, l, deleted)
+	if !deleted {
+		b.shareLocked(st, l)
+	}
 	b.mu.Unlock()
 }
 

@@ -44,7 +44,8 @@ type options struct {
 
 // LeaseDuration sets how long a lease lasts without renewal (at least one
 // second; shorter values are raised to one second). Lock renews at a third
-// of the validity, so only a holder that stops renewing loses its lease.
+// of the validity (its first renewal at a random moment between a sixth
+// and a third), so only a holder that stops renewing loses its lease.
 func LeaseDuration(d time.Duration) Option {
 	return func(o *options) { o.lease = max(d, core.MinLease) }
 }

@@ -5,6 +5,7 @@ package backend
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpsync/mpsync"
@@ -27,6 +28,46 @@ type Grant interface {
 	Session() string
 }
 
+// AfterDoner is implemented by grants that can call a function when they
+// end, with no goroutine waiting on Done meanwhile: the grants of both
+// backends here (their core.Ending). The elector serves a held stream on
+// one goroutine that learns of its grant's end so (see AfterDone).
+type AfterDoner interface {
+	// AfterDone arranges for f to be called, on a goroutine of its own,
+	// when the grant ends (Done is closed), however it ends, or at once if
+	// it has ended. stop unregisters f and reports whether that kept f
+	// from being called; false if f has been started or stop was called
+	// before, as the stop of context.AfterFunc reports.
+	AfterDone(f func()) (stop func() bool)
+}
+
+// AfterDone is g's AfterDone if g is an AfterDoner. Otherwise it waits on
+// g.Done on a goroutine of its own until the grant ends (then it calls f)
+// or stop is called, with the same contract.
+func AfterDone(g Grant, f func()) (stop func() bool) {
+	if a, ok := g.(AfterDoner); ok {
+		return a.AfterDone(f)
+	}
+	var state atomic.Int32 // 0 waiting, 1 f called, 2 stopped
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-g.Done():
+			if state.CompareAndSwap(0, 1) {
+				f()
+			}
+		case <-stopped:
+		}
+	}()
+	return func() bool {
+		if !state.CompareAndSwap(0, 2) {
+			return false
+		}
+		close(stopped)
+		return true
+	}
+}
+
 // Backend keeps locks. Implementations are safe for concurrent use.
 type Backend interface {
 	// Acquire takes req.Name for req.Identity: at once, or after waiting if
@@ -45,7 +86,8 @@ type Backend interface {
 }
 
 // Memory is the in-memory backend: locks live in this process only, in a
-// memory.Table that it keeps to itself. Create it with NewMemory.
+// memory.Table that it keeps to itself. Create it with NewMemory. Its
+// grants are AfterDoners.
 type Memory struct {
 	t *memory.Table
 }

@@ -1,5 +1,6 @@
 // Package core holds what every part of mpsync shares: the error values,
-// lock-name validation and the timing model of docs/DESIGN.md. It imports
+// lock-name validation, the timing model of docs/DESIGN.md, and Ending, the
+// end of a lease as the grants of both backends keep it. It imports
 // nothing outside the standard library, so the SDK, the memory table, the
 // HTTP transport and the elector can all use it without pulling each other
 // in.

@@ -171,7 +171,6 @@ func (t *Table) grantLocked(e *entry, req core.Request, called time.Time) *Grant
 		token:    e.token,
 		lease:    req.Lease,
 		waited:   time.Since(called),
-		done:     make(chan struct{}),
 	}
 	g.armLocked()
 	e.held = g
@@ -319,7 +318,7 @@ type Grant struct {
 	token    uint64
 	lease    time.Duration
 	waited   time.Duration // from the Acquire call to the grant
-	done     chan struct{}
+	ending   core.Ending   // ended by endLocked
 
 	// guarded by t.mu
 	expiry clock.Deadline // re-armed by every renewal
@@ -346,7 +345,14 @@ func (g *Grant) Token() uint64 { return g.token }
 func (g *Grant) Validity() time.Duration { return core.WaitedValidity(g.lease, g.waited) }
 
 // Done is closed when the lease ends for any reason.
-func (g *Grant) Done() <-chan struct{} { return g.done }
+func (g *Grant) Done() <-chan struct{} { return g.ending.Done() }
+
+// AfterDone arranges for f to be called, on a goroutine of its own, when
+// the lease ends for any reason, or at once if it has ended: a way to learn
+// of the end with no goroutine waiting on Done meanwhile. stop unregisters
+// f and reports whether that kept it from being called, as the stop of
+// context.AfterFunc does.
+func (g *Grant) AfterDone(f func()) (stop func() bool) { return g.ending.AfterDone(f) }
 
 // Err is nil while the lease lasts and after a release; after a loss it
 // says why: core.ErrRevoked, core.ErrExpired or core.ErrClosed.
@@ -400,7 +406,7 @@ func (g *Grant) endLocked(reason error) bool {
 	g.ended = true
 	g.err = reason
 	g.expiry.Stop()
-	close(g.done)
+	g.ending.End()
 	e := g.e
 	if e.held == g {
 		e.held = nil

@@ -33,7 +33,8 @@ const (
 	// spareDelay is how long after a grant the spare is opened: not at
 	// once, when the grant is on its way to the application (the next
 	// leader's event, in a handover) and the spare's request would take
-	// its CPU, but well before the first renewal, a third of the lease on.
+	// its CPU, but well before the first renewal, at least a sixth of the
+	// lease on.
 	spareDelay = 20 * time.Millisecond
 )
 

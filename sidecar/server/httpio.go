@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -230,7 +231,10 @@ func hex4(b []byte, i int) (rune, bool) {
 // connection, which it closes at its end. That lets a held lock's stream
 // go on without its handler: net/http keeps, for every connection it
 // serves, a goroutine, a reader goroutine and about 10 KiB of buffers, on
-// top of the handler's own stack, as long as the handler runs.
+// top of the handler's own stack, as long as the handler runs. A detached
+// stream is served by one goroutine of its owner's at a time, which both
+// writes it and reads its connection (wait); only wake may be called from
+// others.
 type stream struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
@@ -240,10 +244,12 @@ type stream struct {
 	// detachable: the stream may be detached (allowDetach); its header
 	// then says Connection: close.
 	detachable bool
-	raw        net.Conn      // the hijacked connection, once detached
-	gone       chan struct{} // closed when the client closes raw or it fails; once detached
-	chunk      []byte        // the chunk being written, kept for the next
-	closed     bool
+	raw        net.Conn // the hijacked connection, once detached
+	// buf holds the chunk being written, kept for the next, and what wait
+	// reads past the request; once detached.
+	buf    []byte
+	woken  atomic.Bool // wake was called
+	closed bool
 }
 
 func newStream(w http.ResponseWriter) *stream {
@@ -325,56 +331,82 @@ func (st *stream) allowDetach(r *http.Request) {
 // writeChunk writes p as one chunk of the chunked body of a detached
 // stream, within timeout.
 func (st *stream) writeChunk(p []byte, timeout time.Duration) error {
-	st.chunk = strconv.AppendInt(st.chunk[:0], int64(len(p)), 16)
-	st.chunk = append(st.chunk, "\r\n"...)
-	st.chunk = append(st.chunk, p...)
-	st.chunk = append(st.chunk, "\r\n"...)
+	st.buf = strconv.AppendInt(st.buf[:0], int64(len(p)), 16)
+	st.buf = append(st.buf, "\r\n"...)
+	st.buf = append(st.buf, p...)
+	st.buf = append(st.buf, "\r\n"...)
 	_ = st.raw.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := st.raw.Write(st.chunk)
+	_, err := st.raw.Write(st.buf)
 	return err
 }
 
 // detach takes the stream's connection from net/http, if allowDetach
 // allowed it, after writing the header and every line sent so far: from
 // then on the stream writes the chunked body itself, the handler may
-// return, and end finishes the body and closes the connection. gone is
-// closed when the client closes the connection (or it fails), as
-// r.Context() ends otherwise; whatever the client sends past its request
-// is read and ignored, as net/http ignores it while a handler runs. ok is
-// false (and nothing has changed) where detaching is not possible: HTTP/2,
-// HTTP/1.0, a ResponseWriter that cannot hijack, a write that failed.
-func (st *stream) detach() (gone <-chan struct{}, ok bool) {
+// return, one goroutine serves the stream (its writes and wait), and end
+// finishes the body and closes the connection. It reports false (and
+// nothing has changed) where detaching is not possible: HTTP/2, HTTP/1.0,
+// a ResponseWriter that cannot hijack, a write that failed.
+func (st *stream) detach() bool {
 	if !st.detachable || st.err != nil {
-		return nil, false
+		return false
 	}
 	st.start()
 	if st.err = st.rc.Flush(); st.err != nil {
-		return nil, false
+		return false
 	}
 	conn, _, err := st.rc.Hijack() // writes out what net/http still buffers
 	if err != nil {
-		return nil, false
+		return false
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// Keep nothing of net/http's: the response refers to the connection's
 	// state, buffers included, which the handler's return would free.
 	st.w, st.rc = nil, nil
-	st.raw, st.gone = conn, make(chan struct{})
-	go watchClose(conn, st.gone)
-	return st.gone, true
+	st.raw, st.buf = conn, make([]byte, 0, detachedBuf)
+	return true
 }
 
-// watchClose reads conn until it fails (the client closed it, or end did),
-// then closes gone.
-func watchClose(conn net.Conn, gone chan<- struct{}) {
-	defer close(gone)
-	var buf [64]byte
+// detachedBuf is the room a detached stream keeps for a chunk (a heartbeat
+// takes 27 bytes; longer lines make it grow) and for what wait reads.
+const detachedBuf = 64
+
+// wait reads the detached stream's connection until at, until wake is
+// called, or until the client closes the connection or it fails (gone is
+// then true), whichever comes first; it returns at once if wake has been
+// called. A read that fails is how the client's close shows, as
+// r.Context() ends otherwise. Whatever the client sends past its request
+// is read and ignored, as net/http ignores it while a handler runs.
+func (st *stream) wait(at time.Time) (gone bool) {
 	for {
-		if _, err := conn.Read(buf[:]); err != nil {
-			return
+		// The deadline first, then the check: a wake between the two has
+		// moved the deadline into the past, and one before them is seen.
+		_ = st.raw.SetReadDeadline(at)
+		if st.woken.Load() {
+			return false
+		}
+		_, err := st.raw.Read(st.buf[:cap(st.buf)])
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return false
+		default:
+			return true
 		}
 	}
 }
+
+// wake makes the wait of a detached stream under way, and every later one,
+// return at once. Unlike the stream's other methods, any goroutine may call
+// it, also after end.
+func (st *stream) wake() {
+	st.woken.Store(true)
+	_ = st.raw.SetReadDeadline(aLongTimeAgo)
+}
+
+// aLongTimeAgo is a read deadline in the past: a read waiting on it returns
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // heartbeat writes a heartbeat line. Its real work is the write: net/http
 // stops watching a connection for the client's close once the client has
@@ -390,8 +422,8 @@ func (st *stream) failed() bool { return st.err != nil }
 // end ends the stream. On a stream still served by net/http it clears the
 // write deadline, which would otherwise outlive this request on a
 // kept-alive connection. A detached stream writes the body's last chunk
-// (unless a write has failed), closes the connection and waits for the
-// goroutine that watched it. Calling it again does nothing.
+// (unless a write has failed) and closes the connection. Calling it again
+// does nothing.
 func (st *stream) end() {
 	if st.raw == nil {
 		_ = st.rc.SetWriteDeadline(time.Time{})
@@ -406,5 +438,4 @@ func (st *stream) end() {
 		_, _ = st.raw.Write([]byte("0\r\n\r\n"))
 	}
 	_ = st.raw.Close()
-	<-st.gone
 }

@@ -106,6 +106,11 @@ type Server struct {
 	conns   *connBudget // shared by every Listener
 	slots   streamSlots
 
+	// stackStart is the size of a new goroutine's stack (stacks.get; tests
+	// replace it before serving).
+	stackStart func() uint64
+	stacks     stackStarts
+
 	stopCtx context.Context // cancelled when Shutdown starts
 	// shutdownCtx is Shutdown's context, set (under mu) before stopCtx
 	// ends: releases at shutdown are bounded by it (cleanupContext).
@@ -198,6 +203,7 @@ func New(cfg Config) (*Server, error) {
 	s.conns = newConnBudget(cfg.Limits, s.lm)
 	s.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log)})
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.stackStart = s.stacks.get
 	return s, nil
 }
 
@@ -255,6 +261,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.log.Info("shutting down: ending streams and releasing every lock")
 	s.stop()
+	s.wakeHeld()
 	idle := make(chan struct{})
 	go func() {
 		s.active.Wait()

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"sync"
 
+	"go.uber.org/zap"
+
 	"github.com/mpsync/mpsync/internal/backend"
 )
 
@@ -14,10 +16,23 @@ const sessionIDBytes = 16
 
 // session is one v1 acquisition, from grant until its stream ends.
 type session struct {
-	name     string
-	grant    backend.Grant
+	name, identity string // the lock, and who holds it
+	grant          backend.Grant
+	// st is the session's stream once detached (guarded by Server.mu):
+	// Shutdown wakes it (wakeHeld).
+	st       *stream
 	mu       sync.Mutex
 	released bool // a release request was made for it
+}
+
+// fields name the session in the logs: the lock, the holder, the
+// backend's session and the token. They are made for each use rather than
+// kept: a held lock would keep 256 bytes of them.
+func (s *session) fields(more ...zap.Field) []zap.Field {
+	return append([]zap.Field{
+		zap.String("name", s.name), zap.String("identity", s.identity),
+		zap.String("session", s.grant.Session()), zap.Uint64("token", s.grant.Token()),
+	}, more...)
 }
 
 func (s *session) markReleased() {
@@ -41,10 +56,10 @@ func newSessionID() string {
 	return hex.EncodeToString(b)
 }
 
-// addSession registers the grant g of lock name under a fresh session id
-// and returns the id. dropSession forgets it.
-func (s *Server) addSession(name string, g backend.Grant) (string, *session) {
-	sess := &session{name: name, grant: g}
+// addSession registers the grant g of lock name, held by identity, under
+// a fresh session id and returns the id. dropSession forgets it.
+func (s *Server) addSession(name, identity string, g backend.Grant) (string, *session) {
+	sess := &session{name: name, identity: identity, grant: g}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
@@ -53,6 +68,34 @@ func (s *Server) addSession(name string, g backend.Grant) (string, *session) {
 			s.sessions[id] = sess
 			return id, sess
 		}
+	}
+}
+
+// detached records that sess is served by its detached stream st, which
+// Shutdown then wakes. A Shutdown that began before is seen: st is woken at
+// once.
+func (s *Server) detached(sess *session, st *stream) {
+	s.mu.Lock()
+	sess.st = st
+	s.mu.Unlock()
+	if s.stopCtx.Err() != nil {
+		st.wake()
+	}
+}
+
+// wakeHeld wakes the detached stream of every session, once Shutdown has
+// cancelled stopCtx, so that each tells its holder and releases.
+func (s *Server) wakeHeld() {
+	s.mu.Lock()
+	var held []*stream
+	for _, sess := range s.sessions {
+		if sess.st != nil {
+			held = append(held, sess.st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range held {
+		st.wake()
 	}
 }
 

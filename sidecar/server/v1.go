@@ -106,8 +106,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	}()
 	gone := func() bool { return r.Context().Err() != nil || st.failed() }
 
-	fields := []zap.Field{zap.String("name", name), zap.String("identity", req.Identity)}
-	log := s.log.With(fields...)
+	log := s.log.With(zap.String("name", name), zap.String("identity", req.Identity))
 	g, err := s.await(ctx, cancel, st, core.Request{Name: name, Identity: req.Identity, Wait: req.Wait}, log)
 	if err != nil {
 		if gone() {
@@ -130,7 +129,7 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request, name string) {
 	// g's validity counts from the Acquire call, after the request
 	// arrived; the client counts it from when it sent the request, earlier
 	// still.
-	detached = s.hold(r, st, g, name, g.Validity(), fields, finish)
+	detached = s.hold(r, st, g, name, req.Identity, g.Validity(), finish)
 }
 
 // await runs the backend's Acquire of req. While a waiting request has no
@@ -201,23 +200,21 @@ func (s *Server) errorBody(err error) (int, wire.ErrorBody) {
 	return status, body
 }
 
-// hold registers g's session, tells the client it holds the lock, and
-// keeps the stream until the lease ends, the client goes away (its request
-// ends or a heartbeat fails to reach it: the lock is released) or the
-// elector shuts down. fields name the lock and the client in the logs.
+// hold registers g's session (of lock name, held by identity), tells the
+// client it holds the lock, and keeps the stream until the lease ends, the
+// client goes away (its request ends or a heartbeat fails to reach it: the
+// lock is released) or the elector shuts down.
 //
 // Where it can, hold detaches the stream from net/http (stream.detach) and
-// keeps it on a goroutine of its own, which ends it and calls finish, and
-// reports true at once: the handler returns, and net/http's connection
-// goroutine, buffers and the handler's deep stack are freed while the
-// lock is held. Otherwise it keeps the stream itself and reports false.
-func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string, validity time.Duration, fields []zap.Field, finish func()) (detached bool) {
-	id, sess := s.addSession(name, g)
+// keeps it on one goroutine of its own (keepHeld), which ends it and calls
+// finish, and reports true at once: the handler returns, and
+// net/http's connection goroutine, buffers and the handler's deep stack
+// are freed while the lock is held. Otherwise it keeps the stream itself
+// and reports false.
+func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name, identity string, validity time.Duration, finish func()) (detached bool) {
+	id, sess := s.addSession(name, identity, g)
 	s.m.acquisitions.WithLabelValues("v1").Inc()
 	s.m.held.Inc()
-	// Fields, not a logger made With them: such a logger keeps its fields
-	// encoded in a buffer of its own, a KiB for every held lock.
-	fields = append(fields, zap.String("session", g.Session()), zap.Uint64("token", g.Token()))
 	held := func() {
 		s.m.held.Dec()
 		s.dropSession(id)
@@ -233,31 +230,31 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name string,
 	}, streamWriteTimeout)
 	if err != nil {
 		s.m.releases.WithLabelValues("disconnect").Inc()
-		s.releaseFor(g, s.log.With(fields...), "could not tell the client it holds the lock")
+		s.releaseFor(g, s.log.With(sess.fields()...), "could not tell the client it holds the lock")
 		held()
 		return false
 	}
 	trace.Mark(trace.GrantSent)
-	s.log.Info("lock acquired", append(fields, zap.Duration("validity", validity))...)
-	if gone, ok := st.detach(); ok {
-		go func() {
-			defer finish()
-			defer st.end()
-			defer held()
-			s.keep(st, g, sess, gone, fields)
-		}()
+	s.log.Info("lock acquired", sess.fields(zap.Duration("validity", validity))...)
+	if st.detach() {
+		s.keepHeld(st, g, sess, func() {
+			held()
+			st.end()
+			finish()
+		})
 		return true
 	}
 	defer held()
-	s.keep(st, g, sess, r.Context().Done(), fields)
+	s.keep(st, g, sess, r.Context().Done())
 	return false
 }
 
 // keep serves the stream of the held grant g until its lease ends, gone is
 // closed (the client went away: the lock is released), a heartbeat fails to
-// reach the client (released too) or the elector shuts down.
-func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}, fields []zap.Field) {
-	log := func() *zap.Logger { return s.log.With(fields...) }
+// reach the client (released too) or the elector shuts down. It serves a
+// stream that net/http still serves; keepDetached serves a detached one.
+func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan struct{}) {
+	log := func() *zap.Logger { return s.log.With(sess.fields()...) }
 	tick := time.NewTicker(wire.HeartbeatInterval)
 	defer tick.Stop()
 	for {
@@ -269,27 +266,43 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 			if st.heartbeat() == nil {
 				continue
 			}
-			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log(), "client went away (a heartbeat could not reach it)")
+			s.heartbeatFailed(g, log())
 			return
 		case <-gone:
-			s.m.releases.WithLabelValues("disconnect").Inc()
-			s.releaseFor(g, log(), "client went away")
+			s.clientGone(g, log())
 			return
 		case <-s.stopCtx.Done():
-			// Tell the holder first, then release: it stops acting on the
-			// lock before anyone else can take it.
-			s.m.losses.WithLabelValues(wire.ReasonShutdown).Inc()
-			_ = st.send(wire.Event{
-				Type:   wire.EventLost,
-				Code:   wire.CodeLost,
-				Reason: wire.ReasonShutdown,
-				Error:  "elector shutting down; lock released",
-			}, finalWriteTimeout)
-			s.releaseFor(g, log(), "elector shutting down")
+			s.shutdownHeld(st, g, log())
 			return
 		}
 	}
+}
+
+// heartbeatFailed releases the held grant g, whose client a heartbeat
+// could not reach.
+func (s *Server) heartbeatFailed(g backend.Grant, log *zap.Logger) {
+	s.m.releases.WithLabelValues("disconnect").Inc()
+	s.releaseFor(g, log, "client went away (a heartbeat could not reach it)")
+}
+
+// clientGone releases the held grant g, whose client closed its stream.
+func (s *Server) clientGone(g backend.Grant, log *zap.Logger) {
+	s.m.releases.WithLabelValues("disconnect").Inc()
+	s.releaseFor(g, log, "client went away")
+}
+
+// shutdownHeld ends the stream of the held grant g as the elector shuts
+// down. It tells the holder first, then releases: the holder stops acting
+// on the lock before anyone else can take it.
+func (s *Server) shutdownHeld(st *stream, g backend.Grant, log *zap.Logger) {
+	s.m.losses.WithLabelValues(wire.ReasonShutdown).Inc()
+	_ = st.send(wire.Event{
+		Type:   wire.EventLost,
+		Code:   wire.CodeLost,
+		Reason: wire.ReasonShutdown,
+		Error:  "elector shutting down; lock released",
+	}, finalWriteTimeout)
+	s.releaseFor(g, log, "elector shutting down")
 }
 
 // ended writes the last line of the stream of g, whose lease has ended:
