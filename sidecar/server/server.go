@@ -472,9 +472,10 @@ func (s *Server) lost(g backend.Grant, log *zap.Logger) (reason string, err erro
 func (s *Server) releaseFor(g backend.Grant, log *zap.Logger, why string) {
 	ctx, cancel := s.cleanupContext()
 	defer cancel()
+	began := time.Now()
 	if err := g.Release(ctx); err != nil {
 		log.Warn("release failed; the lease will expire", zap.String("why", why), zap.Error(err))
 		return
 	}
-	log.Info("lock released", zap.String("why", why))
+	log.Info("lock released", zap.String("why", why), zap.Time("began", began))
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -22,7 +23,7 @@ type session struct {
 	// Shutdown wakes it (wakeHeld).
 	st       *stream
 	mu       sync.Mutex
-	released bool // a release request was made for it
+	released time.Time // when a release request was made for it; zero if none
 }
 
 // fields name the session in the logs: the lock, the holder, the
@@ -35,13 +36,19 @@ func (s *session) fields(more ...zap.Field) []zap.Field {
 	}, more...)
 }
 
+// markReleased records that a release request for the session arrived now.
 func (s *session) markReleased() {
 	s.mu.Lock()
-	s.released = true
+	s.released = time.Now()
 	s.mu.Unlock()
 }
 
-func (s *session) wasReleased() bool {
+// wasReleased reports whether a release request was made for the session.
+func (s *session) wasReleased() bool { return !s.releasedAt().IsZero() }
+
+// releasedAt is when a release request for the session arrived; zero if
+// none did.
+func (s *session) releasedAt() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.released

@@ -310,7 +310,7 @@ func (s *Server) shutdownHeld(st *stream, g backend.Grant, log *zap.Logger) {
 func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logger) {
 	gerr := g.Err()
 	if gerr == nil && sess.wasReleased() {
-		log.Info("lock released")
+		log.Info("lock released", zap.Time("began", sess.releasedAt()))
 		_ = st.send(wire.Event{Type: wire.EventReleased}, streamWriteTimeout)
 		return
 	}

@@ -253,13 +253,20 @@ type line struct {
 	Text string
 }
 
-// parseLog splits `kubectl logs --timestamps` output into lines.
+// parseLog splits `kubectl logs --timestamps` output into lines. A line
+// that is the kubelet's own error about the stream ("rpc error: ...", as
+// when a container is removed while its log is followed) is not a line of
+// the container's: it is logged and left out.
 func parseLog(t *testing.T, out string) []line {
 	t.Helper()
 	var lines []line
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "rpc error: ") {
+			t.Logf("the log stream reported: %s", sc.Text())
+			continue
+		}
 		stamp, text, ok := strings.Cut(sc.Text(), " ")
 		if !ok {
 			continue
@@ -337,6 +344,17 @@ type electorEntry struct {
 	Why   string    `json:"why"`
 	Token uint64    `json:"token"`
 	Error string    `json:"error"`
+	// Began is when a release began, on "lock released" lines: the
+	// release's write may hand the lock over before the line is logged.
+	Began time.Time `json:"began"`
+}
+
+// start is when what e logs began: a release's Began, else e's time.
+func (e electorEntry) start() time.Time {
+	if !e.Began.IsZero() {
+		return e.Began
+	}
+	return e.Time
 }
 
 // electorLog parses the elector's JSON log lines (others, such as
@@ -364,12 +382,12 @@ func first(entries []electorEntry, msg, name string) (electorEntry, bool) {
 }
 
 // lastBefore is the last of entries with message msg (for lock name, if
-// not "") logged at or before t.
+// not "") that began (electorEntry.start) at or before t.
 func lastBefore(entries []electorEntry, msg, name string, t time.Time) (electorEntry, bool) {
 	var found electorEntry
 	ok := false
 	for _, e := range entries {
-		if e.Msg == msg && (name == "" || e.Name == name) && !e.Time.After(t) {
+		if e.Msg == msg && (name == "" || e.Name == name) && !e.start().After(t) {
 			found, ok = e, true
 		}
 	}
