@@ -7,7 +7,7 @@
 # client-go's leader election, mpsync's through electors and mpsync's
 # in-process (kube.NewTransport) side by side, prints the table
 # and writes it into docs/BENCHMARKS.md. The control plane is stopped
-# whatever happens. Takes about 35 minutes on 2 cores (27 with -load-windows 2 -scale-window 2m); not part of
+# whatever happens. Takes about 37 minutes on 2 cores; not part of
 # `make test`.
 #
 # Extra arguments go to bin/bench/bench (e.g. `hack/bench.sh -trials 3

@@ -132,7 +132,7 @@ func renderReport(r *results, h *harness, o options, in info) string {
 		p("%s", t.Markdown())
 	}
 	if t, ok := breakdownTable(r, longKey); ok {
-		p("After a long hold (the leader held %v before the signal, so the follower's offer was older than half a validity and it waited longer than a lease), %d trials per system, step by step as above. The follower's elector confirms the Lease handed to it with a write of its own, and the SDK, whose deadline counts from a request sent before the wait, renews before it reports the Leader event (between \"returned the grant\" and \"hands the Leader event\").", o.longHoldOf(), o.longTrials)
+		p("After a long hold (the leader held %v before the signal, so the follower's offer was older than half a validity and it waited longer than a lease), %d trials per system, step by step as above. The follower's elector confirms the Lease handed to it with a write of its own before it grants it (the take or confirming write above); the SDK acts on that grant at once (it renews first only after a wait of about 25 leases, whose drift allowance would leave it less than half a validity).", o.longHoldOf(), o.longTrials)
 		p("")
 		p("%s", t.Markdown())
 	}
