@@ -231,6 +231,15 @@ func (p *Proc) Kill() {
 func (p *Proc) Stop(grace time.Duration) bool {
 	_ = p.Signal(syscall.SIGCONT)
 	_ = p.Signal(syscall.SIGTERM)
+	return p.Await(grace)
+}
+
+// Await waits up to grace for the process to end, then kills it: Stop
+// without the signals, for a caller that has already asked the process to
+// end (a second SIGTERM could reach a Go program after its handler is
+// gone, while it exits, and kill it). It reports whether the process
+// ended within grace; Err then says how.
+func (p *Proc) Await(grace time.Duration) bool {
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {

@@ -778,10 +778,13 @@ func (r *round) inject(kind string) error {
 func (r *round) finish() history.Report {
 	t := r.t
 	for _, c := range r.clients {
+		_ = c.p.Signal(syscall.SIGCONT)
 		_ = c.p.Signal(syscall.SIGTERM)
 	}
 	for _, c := range r.clients {
-		if !c.p.Stop(10*time.Second) || c.p.Err() != nil {
+		// One SIGTERM each: a second one could kill a client that has
+		// let go of its handler on its way out.
+		if !c.p.Await(10*time.Second) || c.p.Err() != nil {
 			// Killed, or failed: its open intervals end now.
 			r.note(history.Record{Ev: history.Kill, Client: c.name})
 			t.Errorf("client %s did not stop cleanly: %v (log: %s)", c.name, c.p.Err(), filepath.Join(r.dir, c.slot+".log"))

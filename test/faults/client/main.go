@@ -29,9 +29,12 @@
 // one acquire record (the time Lock returned or the Leader event was read)
 // and one end record: the earliest of the moment the context was seen done
 // (context.AfterFunc), the term's local deadline (mpsync.ValidUntil) read
-// at that moment, and, for a term ended by Unlock, the moment Unlock was
-// called. A term whose context is already over when it is first looked at
-// is not recorded: its holder never acted on it.
+// at that moment, and the moment this process decided to end the term, if
+// it did: when it called Unlock, stopped the election's round, or got
+// SIGTERM. That decision comes before the context ends and so before the
+// release, while the AfterFunc's goroutine may run after the next holder
+// has begun. A term whose context is already over when it is first looked
+// at is not recorded: its holder never acted on it.
 //
 // -abandon makes the client one that abandons its connections, on raw
 // sockets instead of the SDK (see abandon.go); it takes only -locks.
@@ -89,6 +92,7 @@ type client struct {
 	mono       history.Mono
 	w          *history.Writer
 
+	stopAt   atomic.Int64   // when SIGTERM or SIGINT came (mono); 0 before
 	ends     sync.WaitGroup // end records still to be written
 	failed   atomic.Bool    // a record could not be written
 	terms    atomic.Int64
@@ -159,8 +163,7 @@ func run() int {
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	ctx := c.stopOnSignal()
 	var wg sync.WaitGroup
 	i := uint64(0)
 	for _, l := range specs {
@@ -199,6 +202,21 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// stopOnSignal returns the context that SIGTERM or SIGINT ends, noting
+// the moment first (stopAt). The handler stays installed until the
+// process exits, so a second signal cannot kill it on its way out.
+func (c *client) stopOnSignal() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		c.stopAt.Store(c.mono.Now())
+		cancel()
+	}()
+	return ctx
 }
 
 // newTransport is the in-process transport of -kubeconfig.
@@ -287,11 +305,11 @@ func (c *client) lockLoop(ctx context.Context, name string, holdMax time.Duratio
 			continue
 		}
 		backoff = minBackoff
-		t := c.begin(name, held)
-		if t != nil {
+		var unlockAt atomic.Int64
+		if c.begin(name, held, &unlockAt) {
 			hold := time.Duration(rng.Int64N(int64(holdMax) + 1))
 			work(held, hold)
-			t.unlockAt.Store(time.Now().UnixNano())
+			unlockAt.Store(c.mono.Now())
 		}
 		if err := lk.Unlock(); err != nil && ctx.Err() == nil {
 			fmt.Fprintf(os.Stderr, "client %s: unlock %s: %v\n", c.name, name, err)
@@ -328,7 +346,12 @@ func (c *client) electionLoop(ctx context.Context, name string, rng *rand.Rand) 
 			return
 		}
 		d := time.Duration(rng.Int64N(int64(c.runMax))) + time.Millisecond
-		round, cancel := context.WithTimeoutCause(ctx, d, errResign)
+		round, cancel := context.WithCancelCause(ctx)
+		var overAt atomic.Int64
+		timer := time.AfterFunc(d, func() {
+			overAt.Store(c.mono.Now())
+			cancel(errResign)
+		})
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -336,41 +359,39 @@ func (c *client) electionLoop(ctx context.Context, name string, rng *rand.Rand) 
 		}()
 		for ev := range el.Events() {
 			if ev.Role == mpsync.Leader {
-				c.begin(name, ev.Context)
+				c.begin(name, ev.Context, &overAt)
 			}
 		}
 		<-done
-		cancel()
+		timer.Stop()
+		cancel(nil)
 	}
 }
 
 // errResign ends an election round: its leader, if it is one, resigns.
 var errResign = errors.New("client: election round over")
 
-// term is one recorded term.
-type term struct {
-	unlockAt atomic.Int64 // UnixNano when the holder called Unlock; 0 if not yet
-}
-
 // begin records the start of the term whose leadership context is held,
-// and arranges for its end to be recorded. It returns nil, recording
-// nothing, if held is already over: its holder never acted on it.
-func (c *client) begin(lock string, held context.Context) *term {
+// and arranges for its end to be recorded; endAt is where the holder notes
+// when it decides to end the term (c.mono; 0 until then). It returns
+// false, recording nothing, if held is already over: its holder never
+// acted on it.
+func (c *client) begin(lock string, held context.Context, endAt *atomic.Int64) bool {
 	start := time.Now()
 	if held.Err() != nil {
 		c.skipped.Add(1)
-		return nil
+		return false
 	}
 	// held was live after start: the end below is after start too.
 	tok, ok := mpsync.FencingToken(held)
 	if !ok {
 		fmt.Fprintf(os.Stderr, "client %s: %s: not a leadership context\n", c.name, lock)
 		c.failed.Store(true)
-		return nil
+		return false
 	}
 	c.terms.Add(1)
-	c.write(history.Record{Ev: history.Acquire, T: c.mono.At(start), Lock: lock, Client: c.name, Token: tok})
-	t := &term{}
+	startT := c.mono.At(start)
+	c.write(history.Record{Ev: history.Acquire, T: startT, Lock: lock, Client: c.name, Token: tok})
 	c.ends.Add(1)
 	context.AfterFunc(held, func() {
 		defer c.ends.Done()
@@ -379,19 +400,21 @@ func (c *client) begin(lock string, held context.Context) *term {
 			end = vu
 		}
 		cause := context.Cause(held)
-		if u := t.unlockAt.Load(); u != 0 && errors.Is(cause, mpsync.ErrUnlocked) {
-			// The holder stopped acting when it called Unlock.
-			if ut := time.Unix(0, u); ut.Before(end) {
-				end = ut
-			}
-		}
 		voluntary := errors.Is(cause, mpsync.ErrUnlocked) || errors.Is(cause, context.Canceled) || errors.Is(cause, errResign)
 		if !voluntary && c.staleExtra > 0 {
 			end = end.Add(c.staleExtra)
 		}
-		c.write(history.Record{Ev: history.End, T: c.mono.At(end), Lock: lock, Client: c.name, Token: tok, Cause: causeWord(cause)})
+		endT := c.mono.At(end)
+		for _, at := range []*atomic.Int64{endAt, &c.stopAt} {
+			// The holder stopped acting when it decided to stop, or at
+			// once if it decided before the term began.
+			if d := at.Load(); voluntary && d != 0 && d < endT {
+				endT = max(d, startT)
+			}
+		}
+		c.write(history.Record{Ev: history.End, T: endT, Lock: lock, Client: c.name, Token: tok, Cause: causeWord(cause)})
 	})
-	return t
+	return true
 }
 
 // causeWord names why a term ended, for the record.

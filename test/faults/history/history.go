@@ -104,12 +104,19 @@ func (r Record) validate() error {
 type Interval struct {
 	Lock, Client string
 	Token        uint64
-	Begin, End   int64 // End is the end record's time, the client's kill time, or the history's end
-	Open         bool  // no end record: the client was killed, or the history stopped first
+	Begin, End   int64  // End is the end record's time, the client's kill time, or the history's end
+	Open         bool   // no end record: the client was killed, or the history stopped first
+	Cause        string // the end record's Cause
 }
 
+// String names the interval, its times and, when it had an end record,
+// why it ended.
 func (iv Interval) String() string {
-	return fmt.Sprintf("%s token %d [%d, %d]", iv.Client, iv.Token, iv.Begin, iv.End)
+	why := iv.Cause
+	if iv.Open {
+		why = "no end record"
+	}
+	return fmt.Sprintf("%s token %d [%d, %d] (%s)", iv.Client, iv.Token, iv.Begin, iv.End, why)
 }
 
 // Report is what Check found.
@@ -190,7 +197,7 @@ func (c *checker) intervals(recs []Record) []*Interval {
 				c.violation("%s: %s ended token %d it never acquired", r.Lock, r.Client, r.Token)
 				continue
 			}
-			iv.End, iv.Open = max(r.T, iv.Begin), false
+			iv.End, iv.Open, iv.Cause = max(r.T, iv.Begin), false, r.Cause
 			delete(open, k)
 		case Kill:
 			c.kills[r.Client] = append(c.kills[r.Client], r.T)
