@@ -566,7 +566,8 @@ func (a *attempt) grantLocked(base, res *coordinationv1.Lease, sent time.Time) *
 	}
 	st.pruneOffersLocked()
 	b.observeLocked(st, res, false)
-	b.reconcileLocked(st) // a newer version already seen may name someone else
+	b.shareLocked(st, st.obj) // the watch may have delivered res's version first
+	b.reconcileLocked(st)     // a newer version already seen may name someone else
 	st.broadcast()
 	if a.resume {
 		b.log.Info("resumed a legacy lease of an earlier process of this elector",
