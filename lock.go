@@ -207,7 +207,7 @@ func acquire(ctx context.Context, cfg *config, name string, wait bool) (*term, e
 // handed over by another's write counting from an earlier write of its own.
 // Such a lease is renewed before the holder acts on it. A lease granted
 // after a shorter wait is not: its deadline is about a lease away, and the
-// term renews it at a third of what is left.
+// term first renews it between a sixth and a third of what is left.
 func stale(v, elapsed time.Duration) bool {
 	left := v - elapsed
 	beyond := v - core.LeastElapsed(elapsed)

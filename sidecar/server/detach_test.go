@@ -187,7 +187,7 @@ func TestKeepDetachedReleasesOnFailedHeartbeat(t *testing.T) {
 	defer client.Close()
 	st := &stream{raw: failingWrites{server}, buf: make([]byte, 0, detachedBuf), started: true}
 	done := make(chan struct{})
-	e.s.keepHeld(st, g, &session{name: "failing", identity: "web-1", grant: g}, func() {
+	e.s.keepHeld(st, &session{name: "failing", identity: "web-1", grant: g}, func() {
 		st.end()
 		close(done)
 	})

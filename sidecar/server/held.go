@@ -16,9 +16,8 @@ import (
 // the one goroutine that serves it needs, which goes with it when it moves
 // to a fresh goroutine (keepDetached).
 type heldStream struct {
-	st    *stream
-	g     backend.Grant
-	sess  *session
+	st    *stream     // sess.st, which Server.mu guards there
+	sess  *session    // its grant is the held one
 	ended atomic.Bool // the grant has ended: set by its AfterDone
 	stop  func() bool // unregisters that AfterDone
 	next  time.Time   // when the next heartbeat is due
@@ -31,15 +30,15 @@ func (h *heldStream) grantEnded() {
 	h.st.wake()
 }
 
-// keepHeld serves the detached stream st of the held grant g, of session
-// sess, on a goroutine of its own (keepDetached) until its end, then calls
+// keepHeld serves the detached stream st of session sess, whose grant is
+// held, on a goroutine of its own (keepDetached) until its end, then calls
 // done. A held lock costs that goroutine, no timer or channel of its own,
 // and no goroutine waiting on the grant's Done (for the grants of this
 // module's backends): the grant's end (backend.AfterDone) and the
 // elector's shutdown (Shutdown's wakeHeld) wake it (stream.wake).
-func (s *Server) keepHeld(st *stream, g backend.Grant, sess *session, done func()) {
-	h := &heldStream{st: st, g: g, sess: sess, next: time.Now().Add(wire.HeartbeatInterval), done: done}
-	h.stop = backend.AfterDone(g, h.grantEnded)
+func (s *Server) keepHeld(st *stream, sess *session, done func()) {
+	h := &heldStream{st: st, sess: sess, next: time.Now().Add(wire.HeartbeatInterval), done: done}
+	h.stop = backend.AfterDone(sess.grant, h.grantEnded)
 	s.detached(sess, st)
 	go s.keepDetached(h, s.stackStart())
 }
@@ -68,7 +67,7 @@ func (s *Server) keepDetached(h *heldStream, stack uint64) {
 			h.done()
 		}
 	}()
-	st, g := h.st, h.g
+	st, g := h.st, h.sess.grant
 	log := func() *zap.Logger { return s.log.With(h.sess.fields()...) }
 	for {
 		gone := st.wait(h.next)
@@ -77,7 +76,7 @@ func (s *Server) keepDetached(h *heldStream, stack uint64) {
 			s.ended(st, g, h.sess, log())
 			return
 		case gone:
-			s.clientGone(g, log())
+			s.clientGone(g, log(), closedStream)
 			return
 		case s.stopCtx.Err() != nil:
 			s.shutdownHeld(st, g, log())
@@ -85,7 +84,7 @@ func (s *Server) keepDetached(h *heldStream, stack uint64) {
 		}
 		// The read reached its deadline: a heartbeat is due.
 		if st.heartbeat() != nil {
-			s.heartbeatFailed(g, log())
+			s.clientGone(g, log(), heartbeatFailed)
 			return
 		}
 		h.next = time.Now().Add(wire.HeartbeatInterval)

@@ -408,10 +408,11 @@ func (st *stream) wake() {
 // at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// heartbeat writes a heartbeat line. Its real work is the write: net/http
-// stops watching a connection for the client's close once the client has
-// sent a byte past its request, so on a quiet stream a failing write is
-// the only sign that the client has gone.
+// heartbeat writes a heartbeat line. Its real work is the write: on a
+// stream net/http still serves, net/http stops watching the connection for
+// the client's close once the client has sent a byte past its request, so
+// there a failing write is the only sign that the client has gone (a
+// detached stream also reads its connection: keepDetached).
 func (st *stream) heartbeat() error {
 	return st.sendLine(heartbeatLine, streamWriteTimeout)
 }

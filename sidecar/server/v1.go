@@ -237,7 +237,7 @@ func (s *Server) hold(r *http.Request, st *stream, g backend.Grant, name, identi
 	trace.Mark(trace.GrantSent)
 	s.log.Info("lock acquired", sess.fields(zap.Duration("validity", validity))...)
 	if st.detach() {
-		s.keepHeld(st, g, sess, func() {
+		s.keepHeld(st, sess, func() {
 			held()
 			st.end()
 			finish()
@@ -266,10 +266,10 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 			if st.heartbeat() == nil {
 				continue
 			}
-			s.heartbeatFailed(g, log())
+			s.clientGone(g, log(), heartbeatFailed)
 			return
 		case <-gone:
-			s.clientGone(g, log())
+			s.clientGone(g, log(), closedStream)
 			return
 		case <-s.stopCtx.Done():
 			s.shutdownHeld(st, g, log())
@@ -278,17 +278,17 @@ func (s *Server) keep(st *stream, g backend.Grant, sess *session, gone <-chan st
 	}
 }
 
-// heartbeatFailed releases the held grant g, whose client a heartbeat
-// could not reach.
-func (s *Server) heartbeatFailed(g backend.Grant, log *zap.Logger) {
-	s.m.releases.WithLabelValues("disconnect").Inc()
-	s.releaseFor(g, log, "client went away (a heartbeat could not reach it)")
-}
+// Why a held grant's client counts as gone (clientGone).
+const (
+	closedStream    = "client went away"
+	heartbeatFailed = "client went away (a heartbeat could not reach it)"
+)
 
-// clientGone releases the held grant g, whose client closed its stream.
-func (s *Server) clientGone(g backend.Grant, log *zap.Logger) {
+// clientGone releases the held grant g, whose client has gone: it closed
+// its stream, or a heartbeat could not reach it (why says which).
+func (s *Server) clientGone(g backend.Grant, log *zap.Logger, why string) {
 	s.m.releases.WithLabelValues("disconnect").Inc()
-	s.releaseFor(g, log, "client went away")
+	s.releaseFor(g, log, why)
 }
 
 // shutdownHeld ends the stream of the held grant g as the elector shuts

@@ -345,7 +345,8 @@ type electorEntry struct {
 	Token uint64    `json:"token"`
 	Error string    `json:"error"`
 	// Began is when a release began, on "lock released" lines: the
-	// release's write may hand the lock over before the line is logged.
+	// release's write may hand the lock over before the line is logged
+	// (or, after a v1 release request, after it).
 	Began time.Time `json:"began"`
 }
 
