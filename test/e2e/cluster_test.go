@@ -382,13 +382,14 @@ func first(entries []electorEntry, msg, name string) (electorEntry, bool) {
 	return electorEntry{}, false
 }
 
-// lastBefore is the last of entries with message msg (for lock name, if
-// not "") that began (electorEntry.start) at or before t.
-func lastBefore(entries []electorEntry, msg, name string, t time.Time) (electorEntry, bool) {
+// releaseBelow is the "lock released" entry of lock name whose token is
+// the greatest below token: the release of the last term before the one
+// with that token.
+func releaseBelow(entries []electorEntry, name string, token uint64) (electorEntry, bool) {
 	var found electorEntry
 	ok := false
 	for _, e := range entries {
-		if e.Msg == msg && (name == "" || e.Name == name) && !e.start().After(t) {
+		if e.Msg == "lock released" && e.Name == name && e.Token < token && (!ok || e.Token > found.Token) {
 			found, ok = e, true
 		}
 	}

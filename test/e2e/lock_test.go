@@ -69,11 +69,13 @@ func TestLock(t *testing.T) {
 	// acquireTime the holder's elector writes when it hands the Lease over
 	// in its release, or the waiter's when it takes a Lease left free).
 	elLog := electorLog(c.logs(t, ns, holder, "elector", false))
-	// The release that let the waiter in: the holder's last before the
-	// waiter's acquisition (an earlier term of the holder, such as one its
-	// app ended by restarting, released too).
-	rel, ok := lastBefore(elLog, "lock released", lockLease, *next.Spec.AcquireTime)
-	require.True(t, ok, "the holder's elector logged a release that began before %v", next.Spec.AcquireTime)
+	// The release that let the waiter in: the holder's term with the
+	// greatest token below the waiter's (an earlier term of the holder,
+	// such as one its app ended by restarting, released too).
+	rel, ok := releaseBelow(elLog, lockLease, tok)
+	require.True(t, ok, "the holder's elector logged the release of a term before token %d", tok)
+	assert.False(t, next.Spec.AcquireTime.Before(rel.start()), "acquired at %v, before the release (token %d) began at %v",
+		next.Spec.AcquireTime, rel.Token, rel.start())
 	t.Logf("measured: release began -> the waiter's acquisition %v", next.Spec.AcquireTime.Sub(rel.start()))
 	assert.Less(t, next.Spec.AcquireTime.Sub(rel.start()), 5*time.Second, "the waiter learns of the release from its watch")
 }
