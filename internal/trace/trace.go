@@ -45,7 +45,8 @@ const (
 	// ReleaseDone: the SDK's transport returned from the release.
 	ReleaseDone = "release-done"
 	// WatchEvent: the Kubernetes backend's informer delivered a Lease
-	// event (field free=1 when it names no holder).
+	// event (fields: free, "true" when it names no holder; holder, the
+	// client identity it names; rv).
 	WatchEvent = "watch-event"
 	// Adopted: the Kubernetes backend has granted a Lease that a
 	// releaser's write handed to one of its offers, with no write of its

@@ -309,8 +309,8 @@ func (s *Server) shutdownHeld(st *stream, g backend.Grant, log *zap.Logger) {
 // released after a release request, lost otherwise.
 func (s *Server) ended(st *stream, g backend.Grant, sess *session, log *zap.Logger) {
 	gerr := g.Err()
-	if gerr == nil && sess.wasReleased() {
-		log.Info("lock released", zap.Time("began", sess.releasedAt()))
+	if at := sess.releasedAt(); gerr == nil && !at.IsZero() {
+		log.Info("lock released", zap.Time("began", at))
 		_ = st.send(wire.Event{Type: wire.EventReleased}, streamWriteTimeout)
 		return
 	}
